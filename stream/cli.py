@@ -1,0 +1,166 @@
+"""The ``avstream`` command line. The only place that prints and exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from stream.errors import AvstreamError, UsageError
+from stream.inpaint import OpenCVInpainter
+from stream.media import EncodeOptions
+from stream.pipeline import FixedRegion, ProcessOptions, ProcessReport, process_file
+from stream.region import box_mask, load_mask_image, parse_box
+from stream.track import TrackerOptions
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse prints the whole usage block; one line is easier to read in scripts.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = _Parser(
+        prog="avstream",
+        description="Restore covered faces in talking-head video, keeping each person's identity.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    proc = sub.add_parser(
+        "process",
+        help="restore faces in a video file",
+        description=(
+            "Restore the covered region of every face in a video file. Every frame and "
+            "timestamp is kept and the audio packets are copied unchanged."
+        ),
+    )
+    proc.add_argument("input", type=Path, help="input video file")
+    proc.add_argument("-o", "--output", type=Path, required=True,
+                      help="output file (.mp4, .mkv, .mov, .m4v, .ts); never the input")
+    region = proc.add_mutually_exclusive_group()
+    region.add_argument("--mask-box", metavar="X,Y,W,H",
+                        help="region to restore in aligned 256x256 crop pixels "
+                             "(default: the paper's box, rows 89-216, cols 64-191)")
+    region.add_argument("--mask-image", type=Path, metavar="PNG",
+                        help="256x256 mask in crop space; white marks pixels to restore")
+    region.add_argument("--mask-detect", action="store_true",
+                        help="detect what covers each face (not available yet)")
+    proc.add_argument("--inpainter", choices=["telea", "ns"], default="telea",
+                      help="OpenCV inpainting method (default: telea)")
+    proc.add_argument("--inpaint-radius-px", type=float, default=5.0,
+                      help="OpenCV inpainting neighbourhood radius (default: 5)")
+    proc.add_argument("--crf", type=int, default=18,
+                      help="H.264 quality, 0-51, lower is better (default: 18)")
+    proc.add_argument("--preset", default="medium",
+                      help="libx264 preset, ultrafast..veryslow (default: medium)")
+    proc.add_argument("--detect-every", type=int, default=5,
+                      help="run the face detector every N frames, track in between (default: 5)")
+    proc.add_argument("--feather-px", type=float, default=6.0,
+                      help="blend ramp outside the restored region, crop pixels (default: 6)")
+    proc.add_argument("--threads", type=int, default=0,
+                      help="codec threads, 0 = automatic (default: 0)")
+    proc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _run_process(args: argparse.Namespace) -> int:
+    if args.mask_detect:
+        raise UsageError(
+            "--mask-detect is not available yet; give the region with --mask-box or --mask-image"
+        )
+    mask = load_mask_image(args.mask_image) if args.mask_image else box_mask(
+        parse_box(args.mask_box) if args.mask_box else None
+    )
+    if args.detect_every < 1:
+        raise UsageError(f"--detect-every must be >= 1, got {args.detect_every}")
+    options = ProcessOptions(
+        tracker=TrackerOptions(detect_every=args.detect_every),
+        encode=EncodeOptions(crf=args.crf, preset=args.preset, threads=args.threads),
+        feather_px=args.feather_px,
+        decode_threads=args.threads,
+    )
+    inpainter = OpenCVInpainter(args.inpainter, radius_px=args.inpaint_radius_px)
+    report = _process_with_progress(args, inpainter, FixedRegion(mask), options)
+    _print_summary(report)
+    return EXIT_OK
+
+
+def _process_with_progress(
+    args: argparse.Namespace,
+    inpainter: OpenCVInpainter,
+    region: FixedRegion,
+    options: ProcessOptions,
+) -> ProcessReport:
+    from tqdm import tqdm
+
+    from stream.media import probe
+
+    total = probe(args.input).expected_frames
+    with tqdm(
+        total=total,
+        unit="frame",
+        desc=args.input.name,
+        disable=args.no_progress or None,  # None: hide when stderr is not a terminal
+        dynamic_ncols=True,
+    ) as bar:
+        last = 0
+
+        def progress(done: int) -> None:
+            nonlocal last
+            bar.update(done - last)
+            last = done
+
+        return process_file(args.input, args.output, inpainter, region, options, progress)
+
+
+def _print_summary(report: ProcessReport) -> None:
+    tracks = sorted({tid for ids in report.track_ids for tid in ids})
+    print(
+        f"wrote {report.output}: {report.frames_out} frames, {report.faces_restored} faces "
+        f"restored in {len(tracks)} track(s), audio {report.audio_mode}, "
+        f"{report.fps:.1f} fps"
+    )
+    if report.damaged:
+        expected = report.expected_frames if report.expected_frames is not None else "?"
+        reason = report.stopped_early or f"{report.corrupt_packets} corrupt packet(s)"
+        print(
+            f"avstream: warning: input is damaged ({reason}); "
+            f"processed the {report.frames_in} of {expected} frames that decode",
+            file=sys.stderr,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``avstream`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="avstream: %(levelname)s: %(message)s",
+    )
+    try:
+        if args.command == "process":
+            return _run_process(args)
+        parser.error(f"unknown command {args.command}")
+    except UsageError as exc:
+        print(f"avstream: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AvstreamError as exc:
+        print(f"avstream: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("avstream: interrupted; no output written", file=sys.stderr)
+        return 130
+    return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Frozen data types that flow between pipeline stages.
+
+Images are numpy arrays in BGR channel order (OpenCV's convention), uint8, shape (H, W, 3).
+Points are float (x, y) pixel coordinates. Affine matrices are 2x3 float64 arrays mapping
+(x, y, 1) column vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import numpy.typing as npt
+
+Image = npt.NDArray[np.uint8]
+FloatArray = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.float32]
+"""Coverage in [0, 1]; 1 means covered (to be restored)."""
+
+
+@dataclass(frozen=True, eq=False)
+class VideoFrame:
+    """One decoded video frame with the demuxer's own timestamp (never a frame counter)."""
+
+    index: int
+    pts: int | None
+    time_base: Fraction
+    image: Image
+
+    @property
+    def time_s(self) -> float | None:
+        """Presentation time in seconds, or None where the demuxer gave no timestamp."""
+        return None if self.pts is None else float(self.pts * self.time_base)
+
+
+@dataclass(frozen=True, eq=False)
+class AudioChunk:
+    """Mono 16 kHz speech samples starting at ``pts_s`` (float32 in [-1, 1])."""
+
+    pts_s: float
+    samples_16k: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, eq=False)
+class FaceDetection:
+    """A detected face: box (x, y, w, h), 5 landmarks (5, 2) in frame pixels, and a score."""
+
+    box: tuple[float, float, float, float]
+    landmarks5: FloatArray
+    score: float
+
+
+@dataclass(frozen=True, eq=False)
+class Track:
+    """A face followed across frames: stable id, the latest detection, smoothed landmarks."""
+
+    track_id: int
+    detection: FaceDetection
+    smoothed_landmarks: FloatArray
+    detected_this_frame: bool
+
+
+@dataclass(frozen=True, eq=False)
+class AlignedFace:
+    """A face warped to the CROP_SIZE template; ``inverse_affine`` maps crop -> frame."""
+
+    crop: Image
+    affine: FloatArray
+    inverse_affine: FloatArray
+
+
+@dataclass(frozen=True, eq=False)
+class Occlusion:
+    """Which pixels of an aligned crop are covered (``mask_256`` in [0, 1]) and how sure."""
+
+    mask_256: Mask
+    score: float
+
+
+@dataclass(frozen=True, eq=False)
+class InpaintResult:
+    """A restored aligned crop, the backend that made it, and how long it took."""
+
+    face_256: Image
+    backend: str
+    latency_ms: float

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proc.add_argument("input", type=Path, help="input video file")
     proc.add_argument("-o", "--output", type=Path, required=True,
-                      help="output file (.mp4, .mkv, .mov, .m4v, .ts); never the input")
+                      help="output file (.mp4, .mkv, .mov, .m4v); never the input")
     region = proc.add_mutually_exclusive_group()
     region.add_argument("--mask-box", metavar="X,Y,W,H",
                         help="region to restore in aligned 256x256 crop pixels "

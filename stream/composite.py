@@ -23,7 +23,7 @@ def feather(mask_256: Mask, feather_px: float) -> Mask:
     ksize = 2 * math.ceil(3 * sigma) + 1
     grown = cv2.dilate(mask, np.ones((3, 3), np.uint8), iterations=max(1, round(feather_px / 2)))
     soft = cv2.GaussianBlur(grown, (ksize, ksize), sigma)
-    return np.maximum(mask, soft)
+    return np.clip(np.maximum(mask, soft), 0.0, 1.0)
 
 
 def composite(

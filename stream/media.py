@@ -21,6 +21,7 @@ from typing import Literal
 import av
 import av.container
 import av.error
+import cv2
 
 from stream.errors import InputError, OutputError, UsageError
 from stream.types import Image, VideoFrame
@@ -187,10 +188,32 @@ class VideoReader:
                     yield self._to_video_frame(frame)
 
     def _to_video_frame(self, frame: av.VideoFrame) -> VideoFrame:
-        image: Image = frame.to_ndarray(format="bgr24")
+        image = frame_to_bgr(frame)
         index = self.stats.frames
         self.stats.frames += 1
         return VideoFrame(index=index, pts=frame.pts, time_base=self._time_base, image=image)
+
+
+def frame_to_bgr(frame: av.VideoFrame) -> Image:
+    """Decoded frame to a BGR array.
+
+    For 8-bit 4:2:0 video OpenCV's I420 conversion is used: its round trip back to I420 is
+    exact to within 0.003 levels on average, whereas swscale's bgr24 round trip shifts luma by
+    ~1.1 levels, which would alter every untouched pixel of the output."""
+    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+        planes = frame.to_ndarray(format="yuv420p")
+        return cv2.cvtColor(planes, cv2.COLOR_YUV2BGR_I420)
+    image: Image = frame.to_ndarray(format="bgr24")
+    return image
+
+
+def bgr_to_frame(image: Image, pix_fmt: str | None) -> av.VideoFrame:
+    """BGR array to a frame in the encoder's pixel format (the inverse of ``frame_to_bgr``)."""
+    height, width = image.shape[:2]
+    if pix_fmt == "yuv420p" and width % 2 == 0 and height % 2 == 0:
+        planes = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+        return av.VideoFrame.from_ndarray(planes, format="yuv420p")
+    return av.VideoFrame.from_ndarray(image, format="bgr24")
 
 
 def check_output_path(input_path: Path, output_path: Path) -> None:
@@ -214,7 +237,7 @@ def check_output_path(input_path: Path, output_path: Path) -> None:
 
 
 # Containers that carry H.264 and the usual audio codecs.
-OUTPUT_EXTENSIONS = frozenset({".mp4", ".mkv", ".mov", ".m4v", ".ts"})
+OUTPUT_EXTENSIONS = frozenset({".mp4", ".mkv", ".mov", ".m4v"})
 
 
 class AtomicOutput:
@@ -255,7 +278,7 @@ class AtomicOutput:
 def _container_format_for(path: Path) -> str | None:
     # The temporary name ends in ".partial.mp4"; FFmpeg guesses from the last suffix, which is
     # the user's, so no explicit format is needed except for suffixes FFmpeg maps oddly.
-    return {".mkv": "matroska", ".m4v": "mp4", ".ts": "mpegts"}.get(path.suffix.lower())
+    return {".mkv": "matroska", ".m4v": "mp4"}.get(path.suffix.lower())
 
 
 class VideoWriter:
@@ -275,7 +298,14 @@ class VideoWriter:
     ) -> None:
         self._path = path
         try:
-            self._out = av.open(str(path), mode="w", format=_container_format_for(path))
+            self._out = av.open(
+                str(path),
+                mode="w",
+                format=_container_format_for(path),
+                # Keep the input's timestamps: by default Matroska shifts everything later
+                # by the B-frame delay to avoid negative decode timestamps.
+                container_options={"avoid_negative_ts": "disabled"},
+            )
         except av.error.FFmpegError as exc:
             raise OutputError(f"cannot create {path}: {exc}") from exc
         self._time_base = source.time_base
@@ -339,7 +369,7 @@ class VideoWriter:
             # A missing or repeated pts would make the muxer fail; nudge it one tick on.
             pts = 0 if self._last_pts is None else self._last_pts + 1
         self._last_pts = pts
-        av_frame = av.VideoFrame.from_ndarray(frame.image, format="bgr24")
+        av_frame = bgr_to_frame(frame.image, self._video.pix_fmt)
         av_frame.pts = pts
         av_frame.time_base = self._time_base
         for packet in self._video.encode(av_frame):

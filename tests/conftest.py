@@ -1,0 +1,44 @@
+"""Shared fixtures: generated clips (made once per session) and the real-data folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+
+from stream.testclip import ClipSpec, ClipTruth, make_talking_head_clip
+
+# Shared, noisy cores: one thread keeps the suite fast and its timings meaningful.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+cv2.setNumThreads(1)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> ClipTruth:
+    """A 2 s 640x480 talking-head clip with an occluder and speech (H.264 + AAC)."""
+    path = tmp_path_factory.mktemp("clips") / "talking.mp4"
+    return make_talking_head_clip(path, ClipSpec(duration_s=2.0, crf=12))
+
+
+@pytest.fixture(scope="session")
+def make_clip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Factory for variant clips: ``make_clip(name, **ClipSpec fields)``."""
+    root = tmp_path_factory.mktemp("variants")
+
+    def make(name: str, **fields: object) -> ClipTruth:
+        return make_talking_head_clip(root / name, ClipSpec(**fields))  # type: ignore[arg-type]
+
+    yield make
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; tests using it are marked ``realdata`` and skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA

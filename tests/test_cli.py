@@ -1,0 +1,205 @@
+"""The ``avstream process`` command on good and bad inputs: exit codes, one-line errors,
+no partial output, and the input never touched."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from helpers import audio_packets, video_frames, video_times
+
+from stream.cli import main
+from stream.testclip import ClipTruth
+
+FAST = ["--crf", "12", "--preset", "veryfast", "--threads", "1", "--no-progress"]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith("avstream: error:"), err
+    return err
+
+
+def _no_leftovers(directory: Path, allowed: set[str]) -> None:
+    assert {p.name for p in directory.iterdir()} == allowed
+
+
+def test_process_writes_restored_video(
+    clip: ClipTruth, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _digest(clip.path)
+    out = tmp_path / "out.mkv"
+    assert main(["process", str(clip.path), "-o", str(out), *FAST]) == 0
+    assert "50 frames" in capsys.readouterr().out
+    assert _digest(clip.path) == before
+    assert video_times(out) == pytest.approx(video_times(clip.path), abs=1e-6)
+    assert [p for _, p in audio_packets(out)] == [p for _, p in audio_packets(clip.path)]
+    _no_leftovers(tmp_path, {"out.mkv"})
+
+
+def test_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["process", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "o.mp4"), *FAST])
+    assert rc == 1
+    assert "not found" in _one_line_error(capsys)
+    _no_leftovers(tmp_path, set())
+
+
+def test_non_video_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bogus = tmp_path / "notes.mp4"
+    bogus.write_text("this is not a video\n" * 100)
+    assert main(["process", str(bogus), "-o", str(tmp_path / "o.mp4"), *FAST]) == 1
+    assert "cannot read" in _one_line_error(capsys)
+    _no_leftovers(tmp_path, {"notes.mp4"})
+
+
+def test_audio_only_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wav = tmp_path / "speech.wav"
+    with av.open(str(wav), "w") as c:
+        stream = c.add_stream("pcm_s16le", rate=16000)
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 16000), np.int16), format="s16", layout="mono"
+        )
+        frame.sample_rate = 16000
+        c.mux(stream.encode(frame))
+        c.mux(stream.encode(None))
+    assert main(["process", str(wav), "-o", str(tmp_path / "o.mp4"), *FAST]) == 1
+    assert "no video stream" in _one_line_error(capsys)
+    _no_leftovers(tmp_path, {"speech.wav"})
+
+
+def test_output_equal_to_input_is_refused(
+    clip: ClipTruth, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "in.mp4"
+    shutil.copy(clip.path, copy)
+    before = _digest(copy)
+    assert main(["process", str(copy), "-o", str(tmp_path / "." / "in.mp4"), *FAST]) == 2
+    assert "is the input" in _one_line_error(capsys)
+    assert _digest(copy) == before
+    _no_leftovers(tmp_path, {"in.mp4"})
+
+
+def test_missing_output_directory(
+    clip: ClipTruth, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "missing" / "o.mp4"
+    assert main(["process", str(clip.path), "-o", str(out), *FAST]) == 2
+    assert "directory does not exist" in _one_line_error(capsys)
+    _no_leftovers(tmp_path, set())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mask-detect"], "--mask-detect is not available yet"),
+        (["--mask-box", "1,2,3"], "four integers"),
+        (["--mask-box", "0,0,300,10"], "does not fit"),
+        (["--crf", "99"], "crf"),
+        (["--preset", "warp9"], "preset"),
+        (["--detect-every", "0"], "detect-every"),
+    ],
+)
+def test_bad_options(
+    clip: ClipTruth,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    assert main(["process", str(clip.path), "-o", str(tmp_path / "o.mp4"), *args]) == 2
+    assert message in _one_line_error(capsys)
+    _no_leftovers(tmp_path, set())
+
+
+def test_unknown_output_container(
+    clip: ClipTruth, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["process", str(clip.path), "-o", str(tmp_path / "o.xyz"), *FAST]) == 2
+    assert "unsupported output container" in _one_line_error(capsys)
+
+
+def test_usage_error_from_argparse_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["process"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "error" in err
+
+
+def test_video_without_audio_works(
+    make_clip: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth: ClipTruth = make_clip("silent.mp4", duration_s=1.0, audio=False)  # type: ignore[operator]
+    out = tmp_path / "o.mp4"
+    assert main(["process", str(truth.path), "-o", str(out), *FAST]) == 0
+    assert "audio none" in capsys.readouterr().out
+    with av.open(str(out)) as c:
+        assert not c.streams.audio
+    assert len(video_times(out)) == truth.frame_count
+
+
+def test_video_without_faces_passes_through(make_clip: object, tmp_path: Path) -> None:
+    truth: ClipTruth = make_clip("noface.mp4", duration_s=1.0, face=False)  # type: ignore[operator]
+    out = tmp_path / "o.mp4"
+    assert main(["process", str(truth.path), "-o", str(out), *FAST]) == 0
+    frames_in, times_in = video_frames(truth.path)
+    frames_out, times_out = video_frames(out)
+    assert times_out == pytest.approx(times_in, abs=1e-6)
+    for a, b in zip(frames_in, frames_out, strict=True):
+        assert np.abs(a.astype(int) - b).mean() < 1.0  # re-encoding noise only
+
+
+def test_odd_frame_size(make_clip: object, tmp_path: Path) -> None:
+    truth: ClipTruth = make_clip(  # type: ignore[operator]
+        "odd.mp4", duration_s=1.0, width=641, height=479
+    )
+    out = tmp_path / "o.mp4"
+    assert main(["process", str(truth.path), "-o", str(out), *FAST]) == 0
+    frames, times = video_frames(out)
+    assert len(frames) == truth.frame_count
+    assert frames[0].shape == (479, 641, 3)
+
+
+def test_variable_frame_rate_keeps_timestamps(make_clip: object, tmp_path: Path) -> None:
+    truth: ClipTruth = make_clip("vfr.mkv", duration_s=1.5, vfr=True)  # type: ignore[operator]
+    out = tmp_path / "o.mp4"
+    assert main(["process", str(truth.path), "-o", str(out), *FAST]) == 0
+    times_in = video_times(truth.path)
+    assert len(set(np.round(np.diff(times_in), 3))) > 1  # really variable
+    assert video_times(out) == pytest.approx(times_in, abs=1e-6)
+
+
+def test_truncated_mp4_without_index_is_a_clear_error(
+    clip: ClipTruth, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "cut.mp4"
+    data = clip.path.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])  # the moov index is at the end: gone
+    assert main(["process", str(broken), "-o", str(tmp_path / "o.mp4"), *FAST]) == 1
+    assert "cannot read" in _one_line_error(capsys)
+    _no_leftovers(tmp_path, {"cut.mp4"})
+
+
+def test_truncated_stream_processes_what_decodes(
+    make_clip: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth: ClipTruth = make_clip("whole.mkv", duration_s=2.0)  # type: ignore[operator]
+    broken = tmp_path / "cut.mkv"
+    data = truth.path.read_bytes()
+    broken.write_bytes(data[: int(len(data) * 0.6)])
+    decodable = len(video_times(broken))
+    assert 0 < decodable < truth.frame_count
+    out = tmp_path / "o.mp4"
+    assert main(["process", str(broken), "-o", str(out), *FAST]) == 0
+    captured = capsys.readouterr()
+    assert "warning: input is damaged" in captured.err
+    assert len(video_times(out)) == decodable

@@ -1,0 +1,102 @@
+"""End to end on a generated clip: frames, timestamps, audio packets, pixels and track ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import audio_packets, face_region_mask, video_frames
+
+from stream.inpaint import OpenCVInpainter
+from stream.media import EncodeOptions
+from stream.pipeline import FixedRegion, ProcessOptions, ProcessReport, process_file
+from stream.region import box_mask
+from stream.testclip import ClipTruth
+from stream.types import Image, InpaintResult, Mask
+
+# The generated occluder spans crop columns ~37-216 and rows ~136-252: wider and lower than
+# the paper's box, as real masks are.
+OCCLUDER_BOX = (32, 128, 192, 128)
+FAST = ProcessOptions(encode=EncodeOptions(crf=12, preset="veryfast", threads=1))
+
+
+@pytest.fixture(scope="module")
+def processed(clip: ClipTruth, tmp_path_factory: pytest.TempPathFactory) -> ProcessReport:
+    out = tmp_path_factory.mktemp("out") / "restored.mp4"
+    done: list[int] = []
+    report = process_file(
+        clip.path,
+        out,
+        OpenCVInpainter("telea"),
+        FixedRegion(box_mask(OCCLUDER_BOX)),
+        FAST,
+        done.append,
+    )
+    assert done == list(range(1, clip.frame_count + 1))
+    return report
+
+
+def test_every_frame_and_timestamp_is_kept(clip: ClipTruth, processed: ProcessReport) -> None:
+    _, times_in = video_frames(clip.path)
+    _, times_out = video_frames(processed.output)
+    assert processed.frames_in == processed.frames_out == clip.frame_count == len(times_out)
+    np.testing.assert_allclose(times_out, times_in, atol=1e-6)
+    assert not processed.damaged
+
+
+def test_audio_packets_are_copied_byte_for_byte(clip: ClipTruth, processed: ProcessReport) -> None:
+    a_in = audio_packets(clip.path)
+    a_out = audio_packets(processed.output)
+    assert processed.audio_mode == "copy"
+    assert len(a_in) == len(a_out) == processed.audio_packets > 0
+    assert [p for _, p in a_in] == [p for _, p in a_out]
+    np.testing.assert_allclose([t for t, _ in a_out], [t for t, _ in a_in], atol=1e-6)
+
+
+def test_only_face_regions_change(clip: ClipTruth, processed: ProcessReport) -> None:
+    frames_in, _ = video_frames(clip.path)
+    frames_out, _ = video_frames(processed.output)
+    for i in range(0, clip.frame_count, 7):
+        a = frames_in[i].astype(np.int16)
+        b = frames_out[i].astype(np.int16)
+        near_face = face_region_mask(clip.face_boxes[i : i + 1], a.shape[:2], margin=0.25)
+        away = np.abs(a - b)[~near_face]
+        assert away.mean() < 1.0, (i, away.mean())  # re-encoding noise only
+        assert np.percentile(away, 99.9) <= 12
+        covered = clip.occluder_masks[i]
+        assert np.abs(a - b)[covered].mean() > 15.0  # the occluder was painted over
+
+
+def test_one_stable_track_through_the_clip(processed: ProcessReport) -> None:
+    assert all(len(ids) == 1 for ids in processed.track_ids)
+    assert {ids[0] for ids in processed.track_ids} == {1}
+    assert processed.faces_restored == processed.frames_out
+
+
+def test_stage_timings_are_reported(processed: ProcessReport) -> None:
+    assert {"decode", "track_align", "inpaint_composite", "encode"} <= set(processed.stages)
+    assert processed.stages["track_align"].count == processed.frames_out
+    assert processed.fps > 0
+
+
+class _Exploding:
+    name = "exploding"
+
+    def __init__(self, after: int) -> None:
+        self.calls = 0
+        self.after = after
+
+    def inpaint(self, crops: Sequence[Image], masks: Sequence[Mask]) -> list[InpaintResult]:
+        self.calls += 1
+        if self.calls > self.after:
+            raise RuntimeError("backend crashed")
+        return [InpaintResult(face_256=c, backend=self.name, latency_ms=0.0) for c in crops]
+
+
+def test_a_failing_stage_leaves_no_partial_output(clip: ClipTruth, tmp_path: Path) -> None:
+    out = tmp_path / "restored.mp4"
+    with pytest.raises(RuntimeError, match="backend crashed"):
+        process_file(clip.path, out, _Exploding(after=5), FixedRegion(box_mask()), FAST)
+    assert list(tmp_path.iterdir()) == []

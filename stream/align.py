@@ -52,11 +52,14 @@ def apply_affine(matrix: FloatArray, points: FloatArray) -> FloatArray:
 def align_face(image: Image, landmarks5: FloatArray) -> AlignedFace:
     """Warp the face with these 5 landmarks onto the CROP_SIZE template."""
     affine = similarity_transform(landmarks5, CROP_TEMPLATE_256)
-    crop = cv2.warpAffine(
-        image,
-        affine,
-        (CROP_SIZE, CROP_SIZE),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
+    crop = np.asarray(
+        cv2.warpAffine(
+            image,
+            affine,
+            (CROP_SIZE, CROP_SIZE),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        ),
+        dtype=np.uint8,
     )
     return AlignedFace(crop=crop, affine=affine, inverse_affine=invert_affine(affine))

@@ -43,30 +43,64 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     proc.add_argument("input", type=Path, help="input video file")
-    proc.add_argument("-o", "--output", type=Path, required=True,
-                      help="output file (.mp4, .mkv, .mov, .m4v); never the input")
+    proc.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output file (.mp4, .mkv, .mov, .m4v); never the input",
+    )
     region = proc.add_mutually_exclusive_group()
-    region.add_argument("--mask-box", metavar="X,Y,W,H",
-                        help="region to restore in aligned 256x256 crop pixels "
-                             "(default: the paper's box, rows 89-216, cols 64-191)")
-    region.add_argument("--mask-image", type=Path, metavar="PNG",
-                        help="256x256 mask in crop space; white marks pixels to restore")
-    region.add_argument("--mask-detect", action="store_true",
-                        help="detect what covers each face (not available yet)")
-    proc.add_argument("--inpainter", choices=["telea", "ns"], default="telea",
-                      help="OpenCV inpainting method (default: telea)")
-    proc.add_argument("--inpaint-radius-px", type=float, default=5.0,
-                      help="OpenCV inpainting neighbourhood radius (default: 5)")
-    proc.add_argument("--crf", type=int, default=18,
-                      help="H.264 quality, 0-51, lower is better (default: 18)")
-    proc.add_argument("--preset", default="medium",
-                      help="libx264 preset, ultrafast..veryslow (default: medium)")
-    proc.add_argument("--detect-every", type=int, default=5,
-                      help="run the face detector every N frames, track in between (default: 5)")
-    proc.add_argument("--feather-px", type=float, default=6.0,
-                      help="blend ramp outside the restored region, crop pixels (default: 6)")
-    proc.add_argument("--threads", type=int, default=0,
-                      help="codec threads, 0 = automatic (default: 0)")
+    region.add_argument(
+        "--mask-box",
+        metavar="X,Y,W,H",
+        help="region to restore in aligned 256x256 crop pixels "
+        "(default: the paper's box, rows 89-216, cols 64-191)",
+    )
+    region.add_argument(
+        "--mask-image",
+        type=Path,
+        metavar="PNG",
+        help="256x256 mask in crop space; white marks pixels to restore",
+    )
+    region.add_argument(
+        "--mask-detect",
+        action="store_true",
+        help="detect what covers each face (not available yet)",
+    )
+    proc.add_argument(
+        "--inpainter",
+        choices=["telea", "ns"],
+        default="telea",
+        help="OpenCV inpainting method (default: telea)",
+    )
+    proc.add_argument(
+        "--inpaint-radius-px",
+        type=float,
+        default=5.0,
+        help="OpenCV inpainting neighbourhood radius (default: 5)",
+    )
+    proc.add_argument(
+        "--crf", type=int, default=18, help="H.264 quality, 0-51, lower is better (default: 18)"
+    )
+    proc.add_argument(
+        "--preset", default="medium", help="libx264 preset, ultrafast..veryslow (default: medium)"
+    )
+    proc.add_argument(
+        "--detect-every",
+        type=int,
+        default=5,
+        help="run the face detector every N frames, track in between (default: 5)",
+    )
+    proc.add_argument(
+        "--feather-px",
+        type=float,
+        default=6.0,
+        help="blend ramp outside the restored region, crop pixels (default: 6)",
+    )
+    proc.add_argument(
+        "--threads", type=int, default=0, help="codec threads, 0 = automatic (default: 0)"
+    )
     proc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -76,8 +110,10 @@ def _run_process(args: argparse.Namespace) -> int:
         raise UsageError(
             "--mask-detect is not available yet; give the region with --mask-box or --mask-image"
         )
-    mask = load_mask_image(args.mask_image) if args.mask_image else box_mask(
-        parse_box(args.mask_box) if args.mask_box else None
+    mask = (
+        load_mask_image(args.mask_image)
+        if args.mask_image
+        else box_mask(parse_box(args.mask_box) if args.mask_box else None)
     )
     if args.detect_every < 1:
         raise UsageError(f"--detect-every must be >= 1, got {args.detect_every}")

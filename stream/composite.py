@@ -26,9 +26,7 @@ def feather(mask_256: Mask, feather_px: float) -> Mask:
     return np.clip(np.maximum(mask, soft), 0.0, 1.0)
 
 
-def composite(
-    frame: Image, crop: Image, weight_256: Mask, inverse_affine: FloatArray
-) -> Image:
+def composite(frame: Image, crop: Image, weight_256: Mask, inverse_affine: FloatArray) -> Image:
     """Blend ``crop`` (aligned space) into a copy of ``frame`` with ``weight_256`` as alpha.
 
     Only the bounding box of the warped weight is touched, so the cost does not grow with
@@ -41,10 +39,17 @@ def composite(
     shift = inverse_affine.copy()
     shift[:, 2] -= (x0, y0)
     size = (x1 - x0, y1 - y0)
-    warped_crop = cv2.warpAffine(crop, shift, size, flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REPLICATE)
-    warped_w = cv2.warpAffine(weight_256, shift, size, flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    warped_crop = cv2.warpAffine(
+        crop, shift, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    warped_w = cv2.warpAffine(
+        weight_256,
+        shift,
+        size,
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0.0,
+    )
     region = out[y0:y1, x0:x1]
     touched = warped_w > 0
     alpha = warped_w[..., None]
@@ -60,8 +65,12 @@ def _roi(
     if len(xs) == 0:
         return None
     corners = np.array(
-        [[xs.min(), ys.min()], [xs.max() + 1, ys.min()],
-         [xs.min(), ys.max() + 1], [xs.max() + 1, ys.max() + 1]],
+        [
+            [xs.min(), ys.min()],
+            [xs.max() + 1, ys.min()],
+            [xs.min(), ys.max() + 1],
+            [xs.max() + 1, ys.max() + 1],
+        ],
         dtype=np.float64,
     )
     mapped = apply_affine(inverse_affine, corners)

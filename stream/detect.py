@@ -57,7 +57,7 @@ class FaceDetector:
         scale = min(1.0, self.options.max_side_px / max(height, width))
         small = image
         if scale < 1.0:
-            small = cv2.resize(
+            small = cv2.resize(  # type: ignore[assignment]
                 image,
                 (max(1, round(width * scale)), max(1, round(height * scale))),
                 interpolation=cv2.INTER_AREA,

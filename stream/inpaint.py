@@ -65,7 +65,7 @@ class OpenCVInpainter:
         for crop, mask in zip(crops, masks, strict=True):
             start = time.perf_counter()
             hole = (mask > 0.5).astype(np.uint8)
-            face = cv2.inpaint(crop, hole, self._radius_px, self._flag)
+            face = np.asarray(cv2.inpaint(crop, hole, self._radius_px, self._flag), np.uint8)
             latency_ms = (time.perf_counter() - start) * 1000.0
             results.append(InpaintResult(face_256=face, backend=self.name, latency_ms=latency_ms))
         return results

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import av
 import av.container
 import av.error
 import cv2
+import numpy as np
 
 from stream.errors import InputError, OutputError, UsageError
 from stream.types import Image, VideoFrame
@@ -202,16 +203,15 @@ def frame_to_bgr(frame: av.VideoFrame) -> Image:
     ~1.1 levels, which would alter every untouched pixel of the output."""
     if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
         planes = frame.to_ndarray(format="yuv420p")
-        return cv2.cvtColor(planes, cv2.COLOR_YUV2BGR_I420)
-    image: Image = frame.to_ndarray(format="bgr24")
-    return image
+        return np.asarray(cv2.cvtColor(planes, cv2.COLOR_YUV2BGR_I420), dtype=np.uint8)
+    return np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
 
 
 def bgr_to_frame(image: Image, pix_fmt: str | None) -> av.VideoFrame:
     """BGR array to a frame in the encoder's pixel format (the inverse of ``frame_to_bgr``)."""
     height, width = image.shape[:2]
     if pix_fmt == "yuv420p" and width % 2 == 0 and height % 2 == 0:
-        planes = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+        planes = np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
         return av.VideoFrame.from_ndarray(planes, format="yuv420p")
     return av.VideoFrame.from_ndarray(image, format="bgr24")
 
@@ -228,7 +228,9 @@ def check_output_path(input_path: Path, output_path: Path) -> None:
     if output_path.is_dir():
         raise UsageError(f"output path is a directory: {output_path}")
     if not output_path.suffix:
-        raise UsageError(f"output {output_path} has no extension to choose a container (.mp4, .mkv)")
+        raise UsageError(
+            f"output {output_path} has no extension to choose a container (.mp4, .mkv)"
+        )
     if output_path.suffix.lower() not in OUTPUT_EXTENSIONS:
         raise UsageError(
             f"unsupported output container {output_path.suffix!r}; use one of "
@@ -250,7 +252,8 @@ class AtomicOutput:
     def __init__(self, final_path: Path) -> None:
         self.final_path = final_path
         fd, name = tempfile.mkstemp(
-            prefix=f".{final_path.stem}.", suffix=f".partial{final_path.suffix}",
+            prefix=f".{final_path.stem}.",
+            suffix=f".partial{final_path.suffix}",
             dir=final_path.parent,
         )
         os.close(fd)
@@ -262,7 +265,7 @@ class AtomicOutput:
 
     def commit(self) -> None:
         """Atomically move the finished temporary file onto the final path."""
-        os.replace(self.temp_path, self.final_path)
+        self.temp_path.replace(self.final_path)
         self._committed = True
 
     def __exit__(
@@ -331,8 +334,8 @@ class VideoWriter:
         self._video.codec_context.time_base = self._time_base
         self._video.codec_context.thread_count = options.threads
         self._audio_in: av.container.InputContainer | None = None
-        self._audio_packets: Iterator[av.Packet] | None = None
-        self._pending_audio: av.Packet | None = None
+        self._audio_packets: Iterator[av.Packet[Any]] | None = None
+        self._pending_audio: av.Packet[Any] | None = None
         self._audio_out: av.audio.stream.AudioStream | None = None
         self._resampler: av.AudioResampler | None = None
         self.audio_mode: AudioMode = "none"
@@ -393,7 +396,7 @@ class VideoWriter:
             self._pending_audio = None
             self._mux_audio_packet(packet)
 
-    def _mux_audio_packet(self, packet: av.Packet) -> None:
+    def _mux_audio_packet(self, packet: av.Packet[Any]) -> None:
         assert self._audio_out is not None
         if self._resampler is None:
             if packet.dts is None:  # the demuxer's end-of-stream flush packet
@@ -432,7 +435,7 @@ class VideoWriter:
                 self._out.close()
 
 
-def _packet_time_s(packet: av.Packet) -> float | None:
+def _packet_time_s(packet: av.Packet[Any]) -> float | None:
     ts = packet.dts if packet.dts is not None else packet.pts
     if ts is None or packet.time_base is None:
         return None

@@ -58,9 +58,9 @@ class ProcessOptions:
     """Pipeline settings. ``feather_px``: width of the blend ramp outside the covered region
     (crop pixels); ``queue_size``: frames buffered between two stages."""
 
-    detector: DetectorOptions = DetectorOptions()
-    tracker: TrackerOptions = TrackerOptions()
-    encode: EncodeOptions = EncodeOptions()
+    detector: DetectorOptions = field(default_factory=DetectorOptions)
+    tracker: TrackerOptions = field(default_factory=TrackerOptions)
+    encode: EncodeOptions = field(default_factory=EncodeOptions)
     feather_px: float = 6.0
     queue_size: int = 8
     decode_threads: int = 0

@@ -91,9 +91,7 @@ def match_detections(
 ) -> list[tuple[int, int]]:
     """Greedy best-IoU-first matching; returns (track index, detection index) pairs."""
     pairs = [
-        (box_iou(t, d), ti, di)
-        for ti, t in enumerate(tracks)
-        for di, d in enumerate(detections)
+        (box_iou(t, d), ti, di) for ti, t in enumerate(tracks) for di, d in enumerate(detections)
     ]
     pairs.sort(reverse=True)
     used_t: set[int] = set()
@@ -128,7 +126,7 @@ class FaceTracker:
 
     def update(self, frame: VideoFrame) -> list[Track]:
         """Advance to ``frame`` and return the faces tracked in it, ordered by track id."""
-        gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
+        gray = np.asarray(cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY), dtype=np.uint8)
         time_s = frame.time_s if frame.time_s is not None else frame.index / self._fallback_fps
         for state in self._tracks:
             state.detected_this_frame = False
@@ -208,8 +206,8 @@ def _flow_detection(prev: Image, cur: Image, det: FaceDetection) -> FaceDetectio
     corners = np.array([[x, y], [x + w, y], [x, y + h], [x + w, y + h]])
     inner = np.array([[x + w * fx, y + h * fy] for fx in (0.3, 0.7) for fy in (0.3, 0.7)])
     points = np.vstack([det.landmarks5, inner, corners]).astype(np.float32).reshape(-1, 1, 2)
-    nxt, status, _ = cv2.calcOpticalFlowPyrLK(prev, cur, points, None, **_LK_PARAMS)
-    back, status_b, _ = cv2.calcOpticalFlowPyrLK(cur, prev, nxt, None, **_LK_PARAMS)
+    nxt, status, _ = cv2.calcOpticalFlowPyrLK(prev, cur, points, None, **_LK_PARAMS)  # type: ignore[call-overload]
+    back, status_b, _ = cv2.calcOpticalFlowPyrLK(cur, prev, nxt, None, **_LK_PARAMS)  # type: ignore[call-overload]
     round_trip = np.linalg.norm((back - points).reshape(-1, 2), axis=1)
     good = (status.ravel() == 1) & (status_b.ravel() == 1) & (round_trip < max(1.0, 0.02 * w))
     if int(good.sum()) < 3:

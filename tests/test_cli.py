@@ -164,7 +164,7 @@ def test_odd_frame_size(make_clip: object, tmp_path: Path) -> None:
     )
     out = tmp_path / "o.mp4"
     assert main(["process", str(truth.path), "-o", str(out), *FAST]) == 0
-    frames, times = video_frames(out)
+    frames, _ = video_frames(out)
     assert len(frames) == truth.frame_count
     assert frames[0].shape == (479, 641, 3)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import cv2
 import numpy as np
-from fractions import Fraction
 from skimage import data
 
 from stream.detect import DetectorOptions, FaceDetector, yunet_model_path
@@ -82,7 +83,9 @@ def test_tracker_keeps_one_id_and_follows_the_true_landmarks(clip: ClipTruth) ->
     assert np.median(errors[:, :2].mean(axis=1) / eye_distance) < 0.08
     # The mask hides the mouth, so YuNet's own mouth points are off; detecting only every
     # 5th frame and following with optical flow must not be worse than detecting every frame.
-    every = _landmark_errors(_track_clip(clip.path, TrackerOptions(detect_every=1)), clip.landmarks5)
+    every = _landmark_errors(
+        _track_clip(clip.path, TrackerOptions(detect_every=1)), clip.landmarks5
+    )
     assert np.median(errors) < np.median(every) + 1.0, (np.median(errors), np.median(every))
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 
 from stream.errors import AvstreamError, UsageError
 from stream.inpaint import OpenCVInpainter
@@ -174,8 +177,15 @@ def _print_summary(report: ProcessReport) -> None:
         )
 
 
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the same path as Ctrl-C: stages stop and the temporary output is removed.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``avstream`` console script."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

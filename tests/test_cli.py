@@ -203,3 +203,54 @@ def test_truncated_stream_processes_what_decodes(
     captured = capsys.readouterr()
     assert "warning: input is damaged" in captured.err
     assert len(video_times(out)) == decodable
+
+
+def test_mask_image_and_navier_stokes(clip: ClipTruth, tmp_path: Path) -> None:
+    import cv2
+
+    mask = np.zeros((256, 256), np.uint8)
+    mask[128:256, 32:224] = 255
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    out = tmp_path / "o.mp4"
+    args = ["--mask-image", str(tmp_path / "mask.png"), "--inpainter", "ns"]
+    assert main(["process", str(clip.path), "-o", str(out), *args, *FAST]) == 0
+    frames_in, _ = video_frames(clip.path)
+    frames_out, _ = video_frames(out)
+    changed = np.abs(frames_in[10].astype(int) - frames_out[10]).mean(axis=-1) > 10
+    covered = clip.occluder_masks[10]
+    assert changed[covered].mean() > 0.5  # most of the occluder was painted over
+    assert changed[~covered].mean() < 0.05
+
+
+def test_sigterm_leaves_no_partial_output(clip: ClipTruth, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o.mp4"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "process",
+            str(clip.path),
+            "-o",
+            str(out),
+            "--preset",
+            "veryslow",
+            "--no-progress",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not any(p.name.endswith(".partial.mp4") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "never started writing"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted" in err
+    _no_leftovers(tmp_path, set())

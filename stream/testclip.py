@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -171,29 +171,30 @@ def _make_clip(path: Path, spec: ClipSpec) -> ClipTruth:
     n = len(timeline.pts)
     speech = _speech_track(spec.text, timeline.end_s) if spec.audio else None
     openness = (
-        _mouth_openness(speech, times, 1.0 / spec.fps)
+        _mouth_openness(speech, times, 2.0 / spec.fps)
         if speech is not None
         else np.zeros(n, dtype=np.float64)
     )
-    background = _background(spec.width, spec.height, spec.seed)
     source = _face_source() if spec.face else None
 
+    # Truth first (pure geometry), then frames rendered from it one at a time, so a long
+    # clip never holds more than one decoded image in memory.
     landmarks = np.full((n, 5, 2), np.nan, dtype=np.float64)
     boxes = np.full((n, 4), np.nan, dtype=np.float64)
     masks = np.zeros((n, spec.height, spec.width), dtype=np.bool_)
-    frames: list[Image] = []
-    motion = _motion(spec.seed)
-    for i in range(n):
-        frame = background.copy()
-        if source is not None:
-            M = _face_transform(source, motion, float(times[i]), spec.width, spec.height)
-            _paste_face(frame, source, M, float(openness[i]))
+    transforms: list[FloatArray] = []
+    if source is not None:
+        motion = _motion(spec.seed)
+        for i, t in enumerate(times):
+            M = _face_transform(source, motion, float(t), spec.width, spec.height)
+            transforms.append(M)
             landmarks[i] = _apply(M, source.landmarks5)
             boxes[i] = _warp_box(M, source.face_box)
             if spec.occluder:
-                masks[i] = _draw_occluder(frame, landmarks[i])
-        frames.append(frame)
+                masks[i] = _occluder_mask(landmarks[i], spec.width, spec.height)
 
+    background = _background(spec.width, spec.height, spec.seed)
+    frames = _render_frames(background, source, transforms, openness, landmarks, masks)
     _write_clip(path, spec, timeline, frames, speech)
     return ClipTruth(
         path=path,
@@ -478,6 +479,24 @@ def _paste_face(frame: Image, source: _FaceSource, M: FloatArray, openness: floa
     frame[y0:y1, x0:x1] = np.clip(blended + 0.5, 0.0, 255.0).astype(np.uint8)
 
 
+def _render_frames(
+    background: Image,
+    source: _FaceSource | None,
+    transforms: list[FloatArray],
+    openness: FloatArray,
+    landmarks: FloatArray,
+    masks: npt.NDArray[np.bool_],
+) -> Iterator[Image]:
+    """Frame ``i``: the background, the face warped by ``transforms[i]``, the occluder."""
+    for i in range(len(openness)):
+        frame = background.copy()
+        if source is not None:
+            _paste_face(frame, source, transforms[i], float(openness[i]))
+            if masks[i].any():
+                _draw_occluder(frame, landmarks[i], masks[i])
+        yield frame
+
+
 # --- the occluder ----------------------------------------------------------------------
 
 
@@ -514,33 +533,34 @@ def _occluder_outline(landmarks: FloatArray) -> npt.NDArray[np.int32]:
     return np.round(np.array(points)).astype(np.int32)
 
 
-def _draw_occluder(frame: Image, landmarks: FloatArray) -> npt.NDArray[np.bool_]:
-    """Draw the mask on ``frame`` in place; return exactly the pixels that were drawn."""
+def _occluder_mask(landmarks: FloatArray, width: int, height: int) -> npt.NDArray[np.bool_]:
+    """The pixels the occluder for these landmarks covers."""
+    coverage = np.zeros((height, width), dtype=np.uint8)
+    # No antialiasing: every covered pixel is painted fully opaque, so the mask is exact.
+    cv2.fillPoly(coverage, [_occluder_outline(landmarks)], 255, cv2.LINE_8)
+    return coverage > 0
+
+
+def _draw_occluder(frame: Image, landmarks: FloatArray, mask: npt.NDArray[np.bool_]) -> None:
+    """Paint a light-blue pleated surgical mask on exactly the ``mask`` pixels, in place."""
     height, width = frame.shape[:2]
-    covered = np.zeros((height, width), dtype=np.bool_)
     outline = _occluder_outline(landmarks)
     x0, y0 = np.maximum(outline.min(axis=0), 0)
     x1, y1 = np.minimum(outline.max(axis=0) + 1, (width, height))
     if x1 <= x0 or y1 <= y0:
-        return covered
+        return
     # Work in the mask's bounding box only: whole-frame boolean indexing dominated the cost.
-    shift = np.array([x0, y0], dtype=np.int32)
-    coverage = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
-    # No antialiasing: every covered pixel is fully opaque, so the mask is exact.
-    cv2.fillPoly(coverage, [outline - shift], 255, cv2.LINE_8)
-    inside = coverage > 0
-
     layer = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
     layer[:] = _MASK_BGR
     origin, right, down, unit = _face_axes(landmarks)
+    shift = np.array([x0, y0], dtype=np.float64)
     thickness = max(1, round(unit / 25.0))
     for b in (0.0, 0.28, 0.56):  # pleats
         p, q = (origin + unit * (a * right + b * down) - shift for a in (-1.2, 1.2))
         cv2.line(layer, _int_point(p), _int_point(q), _MASK_FOLD_BGR, thickness, cv2.LINE_8)
     region = frame[y0:y1, x0:x1]
+    inside = mask[y0:y1, x0:x1]
     region[inside] = layer[inside]
-    covered[y0:y1, x0:x1] = inside
-    return covered
 
 
 def _int_point(point: FloatArray) -> tuple[int, int]:
@@ -628,7 +648,7 @@ def _write_clip(
     path: Path,
     spec: ClipSpec,
     timeline: _Timeline,
-    frames: list[Image],
+    frames: Iterable[Image],
     speech: npt.NDArray[np.float32] | None,
 ) -> None:
     """Encode and mux into a temporary file beside ``path``, then move it into place."""
@@ -648,7 +668,7 @@ def _encode(
     path: Path,
     spec: ClipSpec,
     timeline: _Timeline,
-    frames: list[Image],
+    frames: Iterable[Image],
     speech: npt.NDArray[np.float32] | None,
 ) -> None:
     # 4:2:0 subsampling needs even dimensions; 4:4:4 takes any size.

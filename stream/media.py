@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -251,13 +250,11 @@ class AtomicOutput:
 
     def __init__(self, final_path: Path) -> None:
         self.final_path = final_path
-        fd, name = tempfile.mkstemp(
-            prefix=f".{final_path.stem}.",
-            suffix=f".partial{final_path.suffix}",
-            dir=final_path.parent,
+        # A unique name rather than mkstemp: mkstemp creates the file 0600, and the output
+        # should get the usual permissions (umask) when the muxer creates it.
+        self.temp_path = final_path.parent / (
+            f".{final_path.stem}.{uuid.uuid4().hex[:12]}.partial{final_path.suffix}"
         )
-        os.close(fd)
-        self.temp_path = Path(name)
         self._committed = False
 
     def __enter__(self) -> AtomicOutput:

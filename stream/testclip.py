@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from avinpaint.spec import AUDIO_CHANNELS, AUDIO_SAMPLE_RATE_HZ
+from stream.media import AtomicOutput
 from stream.types import FloatArray, Image
 
 YUNET_MODEL = "face_detection_yunet_2023mar_int8bq.onnx"
@@ -653,15 +653,9 @@ def _write_clip(
 ) -> None:
     """Encode and mux into a temporary file beside ``path``, then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        _encode(tmp, spec, timeline, frames, speech)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with AtomicOutput(path) as atomic:
+        _encode(atomic.temp_path, spec, timeline, frames, speech)
+        atomic.commit()
 
 
 def _encode(

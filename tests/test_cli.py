@@ -4,6 +4,7 @@ no partial output, and the input never touched."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def test_process_writes_restored_video(
     assert video_times(out) == pytest.approx(video_times(clip.path), abs=1e-6)
     assert [p for _, p in audio_packets(out)] == [p for _, p in audio_packets(clip.path)]
     _no_leftovers(tmp_path, {"out.mkv"})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -226,12 +226,14 @@ def test_mask_image_and_navier_stokes(clip: ClipTruth, tmp_path: Path) -> None:
     assert changed[~covered].mean() < 0.05
 
 
-def test_sigterm_leaves_no_partial_output(clip: ClipTruth, tmp_path: Path) -> None:
+def test_sigterm_leaves_no_partial_output(make_clip: object, tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
     import time
 
+    # Long enough (8 s at the slowest preset) that the signal lands mid-run.
+    clip: ClipTruth = make_clip("long.mp4", duration_s=8.0, audio=False)  # type: ignore[operator]
     out = tmp_path / "o.mp4"
     proc = subprocess.Popen(
         [

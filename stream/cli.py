@@ -140,22 +140,19 @@ def _process_with_progress(
 ) -> ProcessReport:
     from tqdm import tqdm
 
-    from stream.media import probe
-
-    total = probe(args.input).expected_frames
     with tqdm(
-        total=total,
         unit="frame",
         desc=args.input.name,
         disable=args.no_progress or None,  # None: hide when stderr is not a terminal
         dynamic_ncols=True,
     ) as bar:
-        last = 0
 
-        def progress(done: int) -> None:
-            nonlocal last
-            bar.update(done - last)
-            last = done
+        def progress(done: int, total: int | None) -> None:
+            if total is not None:
+                total = max(total, done)  # the count is an estimate for some containers
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
 
         return process_file(args.input, args.output, inpainter, region, options, progress)
 

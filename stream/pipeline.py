@@ -235,13 +235,14 @@ def process_file(
     inpainter: Inpainter,
     occlusion: OcclusionModel,
     options: ProcessOptions = ProcessOptions(),
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> ProcessReport:
     """Restore the covered region of every tracked face in ``input_path``.
 
     Writes ``output_path`` atomically (a temporary file beside it, renamed on success); the
     original audio packets are copied unchanged. Raises ``AvstreamError`` subclasses on bad
-    input or output; ``progress`` is called with the number of frames written so far."""
+    input or output; ``progress`` is called after every frame with the number written so far
+    and the number expected (None where the container does not say)."""
     check_output_path(input_path, output_path)
     info = probe(input_path)
     started = time.perf_counter()
@@ -291,7 +292,7 @@ def process_file(
                 track_ids.append(item.track_ids)
                 faces_restored += len(item.faces)
                 if progress is not None:
-                    progress(len(track_ids))
+                    progress(len(track_ids), info.expected_frames)
         finally:
             runner.close()
         if runner.errors:

@@ -26,13 +26,18 @@ FAST = ProcessOptions(encode=EncodeOptions(crf=12, preset="veryfast", threads=1)
 def processed(clip: ClipTruth, tmp_path_factory: pytest.TempPathFactory) -> ProcessReport:
     out = tmp_path_factory.mktemp("out") / "restored.mp4"
     done: list[int] = []
+
+    def progress(written: int, total: int | None) -> None:
+        assert total == clip.frame_count
+        done.append(written)
+
     report = process_file(
         clip.path,
         out,
         OpenCVInpainter("telea"),
         FixedRegion(box_mask(OCCLUDER_BOX)),
         FAST,
-        done.append,
+        progress,
     )
     assert done == list(range(1, clip.frame_count + 1))
     return report

@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := espeak-ng
+TORCH ?= torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Shared cores: one thread per library keeps runs fast and timings comparable.
 export OMP_NUM_THREADS ?= 1
@@ -26,7 +27,12 @@ apt:
 $(STAMP): pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	# Pin torch first: an open range would pull a multi-GB CUDA build from PyPI.
+	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# Only the GE2E weights file (pretrained.pt, Apache-2.0) is used from resemblyzer; its
+	# own dependencies (librosa, webrtcvad) are not needed and webrtcvad needs a compiler.
+	$(BIN)/python -m pip install -q --no-deps "resemblyzer==0.1.4"
 	touch $(STAMP)
 
 test: setup

@@ -8,7 +8,7 @@ import math
 import cv2
 import numpy as np
 
-from stream.align import apply_affine
+from avinpaint.geometry import apply_affine
 from stream.types import FloatArray, Image, Mask
 
 

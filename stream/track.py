@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from stream.align import apply_affine, similarity_transform
+from avinpaint.geometry import apply_affine, similarity_transform
 from stream.detect import FaceDetector
 from stream.types import FaceDetection, FloatArray, Image, Track, VideoFrame
 

@@ -3,8 +3,9 @@ import pytest
 from skimage import data
 from skimage.transform import SimilarityTransform
 
+from avinpaint.geometry import apply_affine, invert_affine, similarity_transform
 from avinpaint.spec import CROP_SIZE, CROP_TEMPLATE_256
-from stream.align import align_face, apply_affine, invert_affine, similarity_transform
+from stream.align import align_face
 from stream.composite import composite
 from stream.detect import FaceDetector
 

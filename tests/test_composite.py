@@ -1,7 +1,7 @@
 import numpy as np
 
+from avinpaint.geometry import invert_affine
 from avinpaint.spec import CROP_SIZE
-from stream.align import invert_affine
 from stream.composite import composite, feather
 from stream.region import box_mask
 

@@ -72,7 +72,8 @@ def run_process(source: Path, output: Path) -> dict[str, Any]:
 
     from stream.inpaint import OpenCVInpainter
     from stream.media import EncodeOptions
-    from stream.pipeline import FixedRegion, ProcessOptions, process_file
+    from stream.occlusion import FixedRegion
+    from stream.pipeline import ProcessOptions, process_file
     from stream.region import box_mask
 
     cv2.setNumThreads(1)

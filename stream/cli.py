@@ -13,7 +13,8 @@ from types import FrameType
 from stream.errors import AvstreamError, UsageError
 from stream.inpaint import OpenCVInpainter
 from stream.media import EncodeOptions
-from stream.pipeline import FixedRegion, ProcessOptions, ProcessReport, process_file
+from stream.occlusion import FixedRegion
+from stream.pipeline import ProcessOptions, ProcessReport, process_file
 from stream.region import box_mask, load_mask_image, parse_box
 from stream.track import TrackerOptions
 

@@ -13,13 +13,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
-from stream.align import align_face
-from stream.composite import composite, feather
-from stream.detect import DetectorOptions, FaceDetector
+from stream.detect import DetectorOptions
 from stream.errors import InputError
 from stream.inpaint import Inpainter
 from stream.media import (
@@ -31,26 +29,9 @@ from stream.media import (
     check_output_path,
     probe,
 )
-from stream.track import FaceTracker, TrackerOptions
-from stream.types import AlignedFace, Mask, Occlusion, VideoFrame
-
-
-class OcclusionModel(Protocol):
-    """Says which pixels of each aligned crop are covered."""
-
-    def predict(self, faces: list[AlignedFace]) -> list[Occlusion]:
-        """One ``Occlusion`` per face, same order."""
-        ...
-
-
-@dataclass(frozen=True)
-class FixedRegion:
-    """The same crop-space region on every face (``--mask-box`` / ``--mask-image``)."""
-
-    mask_256: Mask
-
-    def predict(self, faces: list[AlignedFace]) -> list[Occlusion]:
-        return [Occlusion(mask_256=self.mask_256, score=1.0) for _ in faces]
+from stream.occlusion import OcclusionModel
+from stream.restore import FaceAnalyser, FrameFaces, RestoredFrame, restore_frame
+from stream.track import TrackerOptions
 
 
 @dataclass(frozen=True)
@@ -104,13 +85,6 @@ class ProcessReport:
         """True when the input did not decode cleanly to its end."""
         short = self.expected_frames is not None and self.frames_in < self.expected_frames
         return bool(self.stopped_early or self.corrupt_packets or short)
-
-
-@dataclass(frozen=True)
-class _Work:
-    frame: VideoFrame
-    track_ids: tuple[int, ...]
-    faces: tuple[AlignedFace, ...]
 
 
 _END = object()
@@ -246,30 +220,10 @@ def process_file(
     check_output_path(input_path, output_path)
     info = probe(input_path)
     started = time.perf_counter()
-    tracker = FaceTracker(FaceDetector(options.detector), options.tracker)
+    analyser = FaceAnalyser(options.detector, options.tracker)
 
-    def analyse(frame: VideoFrame) -> _Work:
-        tracks = tracker.update(frame)
-        faces = tuple(align_face(frame.image, t.smoothed_landmarks) for t in tracks)
-        return _Work(frame=frame, track_ids=tuple(t.track_id for t in tracks), faces=faces)
-
-    def restore(work: _Work) -> _Work:
-        if not work.faces:
-            return work
-        faces = list(work.faces)
-        occlusions = occlusion.predict(faces)
-        results = inpainter.inpaint([f.crop for f in faces], [o.mask_256 for o in occlusions])
-        image = work.frame.image
-        for face, occ, result in zip(faces, occlusions, results, strict=True):
-            weight = feather(occ.mask_256, options.feather_px)
-            image = composite(image, result.face_256, weight, face.inverse_affine)
-        frame = VideoFrame(
-            index=work.frame.index,
-            pts=work.frame.pts,
-            time_base=work.frame.time_base,
-            image=image,
-        )
-        return _Work(frame=frame, track_ids=work.track_ids, faces=work.faces)
+    def restore(work: FrameFaces) -> RestoredFrame:
+        return restore_frame(work, inpainter, occlusion, options.feather_px)
 
     runner = _Runner(queue_size=options.queue_size)
     track_ids: list[tuple[int, ...]] = []
@@ -282,10 +236,10 @@ def process_file(
     ):
         try:
             decoded = runner.source("decode", reader)
-            analysed = runner.stage("track_align", analyse, decoded)
+            analysed = runner.stage("track_align", analyser.analyse, decoded)
             restored = runner.stage("inpaint_composite", restore, analysed)
             for item in runner.drain(restored):
-                assert isinstance(item, _Work)
+                assert isinstance(item, RestoredFrame)
                 start = time.perf_counter()
                 writer.write(item.frame)
                 encode_times.append(time.perf_counter() - start)

@@ -11,7 +11,8 @@ from helpers import audio_packets, face_region_mask, video_frames
 from stream.detect import FaceDetector
 from stream.inpaint import OpenCVInpainter
 from stream.media import EncodeOptions
-from stream.pipeline import FixedRegion, ProcessOptions, process_file
+from stream.occlusion import FixedRegion
+from stream.pipeline import ProcessOptions, process_file
 from stream.region import box_mask
 
 pytestmark = pytest.mark.realdata

@@ -106,7 +106,99 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=0, help="codec threads, 0 = automatic (default: 0)"
     )
     proc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_serve(sub)
     return parser
+
+
+def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run the ZeroMQ frame service",
+        description="Serve frame restoration over ZeroMQ (protocol: docs/protocol.md).",
+    )
+    serve.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:5555",
+        help="endpoint to bind (default: loopback tcp://127.0.0.1:5555)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes behind a broker; 0 = handle in this process",
+    )
+    serve.add_argument(
+        "--curve-keys",
+        type=Path,
+        metavar="DIR",
+        help="require CURVE authentication: DIR/server.key_secret and "
+        "DIR/authorized_clients/*.key (make them with avstream keygen)",
+    )
+    serve.add_argument(
+        "--allow-insecure-remote",
+        action="store_true",
+        help="allow a non-loopback bind without --curve-keys",
+    )
+    serve.add_argument("--max-streams", type=int, default=64)
+    serve.add_argument("--max-frame-mb", type=float, default=32.0)
+    serve.add_argument("--idle-timeout-s", type=float, default=60.0)
+    keygen = sub.add_parser(
+        "keygen",
+        help="make CURVE keys for serve --curve-keys",
+        description="Write a server key pair and client key pairs into DIR; the clients' "
+        "public keys are authorised (copied into DIR/authorized_clients).",
+    )
+    keygen.add_argument("directory", type=Path)
+    keygen.add_argument(
+        "--clients", nargs="+", default=["client"], help="client key names (default: client)"
+    )
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from stream.protocol import Limits
+    from stream.service import CurveKeys, is_loopback, serve
+
+    if args.workers < 0 or args.max_streams < 1 or args.max_frame_mb <= 0:
+        raise UsageError("--workers >= 0, --max-streams >= 1 and --max-frame-mb > 0 are required")
+    if args.idle_timeout_s <= 0:
+        raise UsageError("--idle-timeout-s must be positive")
+    if not is_loopback(args.bind) and args.curve_keys is None and not args.allow_insecure_remote:
+        raise UsageError(
+            f"{args.bind} is reachable from other machines; add --curve-keys DIR "
+            "(or --allow-insecure-remote on a trusted network)"
+        )
+    try:
+        curve = CurveKeys.from_dir(args.curve_keys) if args.curve_keys else None
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    limits = Limits(
+        max_frame_bytes=int(args.max_frame_mb * 1024 * 1024),
+        max_streams=args.max_streams,
+        idle_timeout_s=args.idle_timeout_s,
+    )
+
+    def ready(endpoint: str) -> None:
+        auth = "CURVE" if curve else "no authentication"
+        print(
+            f"avstream serve: listening on {endpoint} ({args.workers} workers, {auth})", flush=True
+        )
+
+    try:
+        serve(args.bind, workers=args.workers, limits=limits, curve=curve, on_ready=ready)
+    except KeyboardInterrupt:
+        print("avstream serve: stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def _run_keygen(args: argparse.Namespace) -> int:
+    from stream.service import generate_keys
+
+    generate_keys(args.directory, tuple(args.clients))
+    print(
+        f"wrote CURVE keys to {args.directory}: give clients server.key and their own "
+        "NAME.key_secret"
+    )
+    return EXIT_OK
 
 
 def _run_process(args: argparse.Namespace) -> int:
@@ -193,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "process":
             return _run_process(args)
+        if args.command == "serve":
+            return _run_serve(args)
+        if args.command == "keygen":
+            return _run_keygen(args)
         parser.error(f"unknown command {args.command}")
     except UsageError as exc:
         print(f"avstream: error: {exc}", file=sys.stderr)

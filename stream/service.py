@@ -1,0 +1,581 @@
+"""ZeroMQ frame service: analysis tools send frames (and audio) and get restored frames back.
+
+``FrameService`` is the socket-free core: it turns one request into one reply and never
+raises, so a bad message can only ever cost an error reply. ``serve`` runs it behind a
+ROUTER socket, in-process (``workers=0``) or as a broker in front of worker processes
+(the standard ROUTER/ROUTER load-balancing pattern, with each stream pinned to one worker
+because tracking is stateful). A worker that dies costs only its in-flight requests: they
+get ``worker_lost`` replies, its streams must be re-opened, and a new worker replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from stream.detect import DetectorOptions
+from stream.inpaint import OpenCVInpainter
+from stream.occlusion import FixedRegion
+from stream.protocol import (
+    ErrorCode,
+    Limits,
+    ProtocolError,
+    decode_audio,
+    decode_image,
+    encode_image,
+    error_reply,
+    int_field,
+    parse_header,
+    peek_routing,
+    pts_seconds,
+    reply,
+)
+from stream.region import box_mask, parse_box
+from stream.restore import FaceAnalyser, restore_frame
+from stream.track import TrackerOptions
+from stream.types import AudioChunk, VideoFrame
+
+log = logging.getLogger(__name__)
+
+Message = list[bytes]
+
+
+@dataclass
+class _Session:
+    analyser: FaceAnalyser
+    region: FixedRegion
+    inpainter: OpenCVInpainter
+    feather_px: float
+    jpeg_quality: int
+    last_seen_s: float
+    frames: int = 0
+    audio_samples: int = 0
+    audio: deque[AudioChunk] = field(default_factory=lambda: deque(maxlen=64))
+
+
+@dataclass
+class ServiceStats:
+    """Counters a ``stats`` request returns."""
+
+    requests: int = 0
+    frames: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    expired_streams: int = 0
+
+
+class FrameService:
+    """Per-client streams and their restoration state; ``handle`` maps a request to a reply."""
+
+    def __init__(self, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic):
+        self.limits = limits or Limits()
+        self._clock = clock
+        self._sessions: dict[tuple[bytes, str], _Session] = {}
+        self.stats = ServiceStats()
+
+    @property
+    def open_streams(self) -> int:
+        """Streams currently open over all clients."""
+        return len(self._sessions)
+
+    def handle(self, client: bytes, message: Message) -> Message:
+        """One reply ``[header, payload]`` for one request ``[header, payload]``."""
+        self.stats.requests += 1
+        header: dict[str, Any] | None = None
+        try:
+            if len(message) != 2:
+                raise ProtocolError(
+                    ErrorCode.BAD_MESSAGE,
+                    f"expected 2 frames [header, payload], got {len(message)}",
+                )
+            header = parse_header(message[0], self.limits)
+            return self._dispatch(client, header, message[1])
+        except ProtocolError as exc:
+            self.stats.errors[str(exc.code)] = self.stats.errors.get(str(exc.code), 0) + 1
+            return [error_reply(exc.code, str(exc), header), b""]
+        except Exception as exc:  # a bug must not take the service down for every client
+            log.exception("internal error handling a request")
+            self.stats.errors["internal"] = self.stats.errors.get("internal", 0) + 1
+            return [error_reply(ErrorCode.INTERNAL, f"internal error: {exc}", header), b""]
+
+    def expire_idle(self) -> int:
+        """Close streams idle for longer than the limit; returns how many."""
+        now = self._clock()
+        stale = [
+            key
+            for key, session in self._sessions.items()
+            if now - session.last_seen_s > self.limits.idle_timeout_s
+        ]
+        for key in stale:
+            del self._sessions[key]
+        self.stats.expired_streams += len(stale)
+        return len(stale)
+
+    def _dispatch(self, client: bytes, header: dict[str, Any], payload: bytes) -> Message:
+        kind = header["type"]
+        if kind == "stats":
+            return [self._stats_reply(header), b""]
+        key = (client, header["stream"])
+        if kind == "open":
+            return [self._open(key, header), b""]
+        session = self._sessions.get(key)
+        if session is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_STREAM, f"stream {header['stream']!r} is not open; send 'open'"
+            )
+        session.last_seen_s = self._clock()
+        if kind == "close":
+            del self._sessions[key]
+            return [reply("closed", header, frames=session.frames), b""]
+        if kind == "audio":
+            samples = decode_audio(header, payload, self.limits)
+            start_s = header.get("time_s", session.audio_samples / 16_000)
+            session.audio.append(AudioChunk(pts_s=float(start_s), samples_16k=samples))
+            session.audio_samples += len(samples)
+            return [reply("audio_ack", header, samples=len(samples)), b""]
+        return self._frame(session, header, payload)
+
+    def _open(self, key: tuple[bytes, str], header: dict[str, Any]) -> bytes:
+        if key in self._sessions:
+            raise ProtocolError(ErrorCode.STREAM_EXISTS, f"stream {key[1]!r} is already open")
+        self.expire_idle()
+        if len(self._sessions) >= self.limits.max_streams:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_STREAMS, f"{self.limits.max_streams} streams already open"
+            )
+        options = header.get("options", {})
+        if not isinstance(options, dict):
+            raise ProtocolError(ErrorCode.BAD_OPTION, "'options' must be an object")
+        self._sessions[key] = _session_from_options(options, self._clock())
+        return reply("opened", header, limits=_limits_json(self.limits))
+
+    def _frame(self, session: _Session, header: dict[str, Any], payload: bytes) -> Message:
+        started = time.perf_counter()
+        image = decode_image(header, payload, self.limits)
+        time_s = pts_seconds(header)
+        index = session.frames
+        frame = VideoFrame(
+            index=index,
+            pts=round(time_s * 1000) if time_s is not None else index,
+            time_base=_MS if time_s is not None else _PER_FRAME,
+            image=image,
+        )
+        decoded = time.perf_counter()
+        faces = session.analyser.analyse(frame)
+        tracked = time.perf_counter()
+        restored = restore_frame(faces, session.inpainter, session.region, session.feather_px)
+        inpainted = time.perf_counter()
+        encoding = header.get("encoding", "raw")
+        body = encode_image(restored.frame.image, encoding, session.jpeg_quality)
+        session.frames += 1
+        self.stats.frames += 1
+        done = time.perf_counter()
+        height, width = restored.frame.image.shape[:2]
+        return [
+            reply(
+                "restored",
+                header,
+                encoding=encoding,
+                shape=[height, width, 3],
+                faces=[
+                    {
+                        "track_id": f.track_id,
+                        "box": [round(v, 2) for v in f.box],
+                        "coverage": round(float(f.occlusion.mask_256.mean()), 4),
+                        "backend": f.result.backend,
+                        "inpaint_ms": round(f.result.latency_ms, 3),
+                    }
+                    for f in restored.faces
+                ],
+                timings_ms={
+                    "decode": round((decoded - started) * 1000, 3),
+                    "track_align": round((tracked - decoded) * 1000, 3),
+                    "inpaint_composite": round((inpainted - tracked) * 1000, 3),
+                    "encode": round((done - inpainted) * 1000, 3),
+                    "total": round((done - started) * 1000, 3),
+                },
+            ),
+            body,
+        ]
+
+    def _stats_reply(self, header: dict[str, Any]) -> bytes:
+        return reply(
+            "stats",
+            header,
+            streams=self.open_streams,
+            requests=self.stats.requests,
+            frames=self.stats.frames,
+            errors=dict(self.stats.errors),
+            expired_streams=self.stats.expired_streams,
+            pid=os.getpid(),
+        )
+
+
+# Frames carry the client's time in milliseconds; without one, frame numbers at a nominal
+# 25 fps (the tracker's smoothing needs some clock).
+_MS = Fraction(1, 1000)
+_PER_FRAME = Fraction(1, 25)
+
+
+def _session_from_options(options: dict[str, Any], now_s: float) -> _Session:
+    known = {"mask_box", "inpainter", "detect_every", "feather_px", "jpeg_quality"}
+    unknown = set(options) - known
+    if unknown:
+        raise ProtocolError(ErrorCode.BAD_OPTION, f"unknown options: {', '.join(sorted(unknown))}")
+    try:
+        box = options.get("mask_box")
+        region = box_mask(parse_box(",".join(str(v) for v in box)) if box is not None else None)
+        method = options.get("inpainter", "telea")
+        if method not in ("telea", "ns"):
+            raise ValueError(f"inpainter must be telea or ns, got {method!r}")
+        detect_every = int_field({"d": options.get("detect_every", 5)}, "d", 1, 1000)
+        feather = options.get("feather_px", 6.0)
+        if (
+            isinstance(feather, bool)
+            or not isinstance(feather, int | float)
+            or not 0 <= feather <= 64
+        ):
+            raise ValueError("feather_px must be a number in 0..64")
+        quality = int_field({"q": options.get("jpeg_quality", 90)}, "q", 1, 100)
+    except (ValueError, TypeError, ProtocolError) as exc:
+        raise ProtocolError(ErrorCode.BAD_OPTION, f"bad option: {exc}") from None
+    except Exception as exc:  # e.g. UsageError from parse_box
+        raise ProtocolError(ErrorCode.BAD_OPTION, f"bad option: {exc}") from None
+    return _Session(
+        analyser=FaceAnalyser(DetectorOptions(), TrackerOptions(detect_every=detect_every)),
+        region=FixedRegion(region),
+        inpainter=OpenCVInpainter(method),
+        feather_px=float(feather),
+        jpeg_quality=quality,
+        last_seen_s=now_s,
+    )
+
+
+def _limits_json(limits: Limits) -> dict[str, float]:
+    return {
+        "max_frame_bytes": limits.max_frame_bytes,
+        "max_pixels": limits.max_pixels,
+        "max_streams": limits.max_streams,
+        "idle_timeout_s": limits.idle_timeout_s,
+    }
+
+
+# --- sockets -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """CURVE material: the server's secret key file and a folder of authorised clients'
+    public key files (``zmq.auth.create_certificates`` format)."""
+
+    server_secret_file: Path
+    authorized_clients_dir: Path
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> CurveKeys:
+        """``DIR/server.key_secret`` and ``DIR/authorized_clients/*.key``."""
+        keys = cls(directory / "server.key_secret", directory / "authorized_clients")
+        if not keys.server_secret_file.is_file():
+            raise FileNotFoundError(f"no server.key_secret in {directory} (run avstream keygen)")
+        if not keys.authorized_clients_dir.is_dir():
+            raise FileNotFoundError(f"no authorized_clients/ folder in {directory}")
+        return keys
+
+
+def generate_keys(directory: Path, client_names: tuple[str, ...] = ("client",)) -> None:
+    """Write a server key pair and client key pairs; authorise the clients' public keys."""
+    directory.mkdir(parents=True, exist_ok=True)
+    authorized = directory / "authorized_clients"
+    authorized.mkdir(exist_ok=True)
+    zmq.auth.create_certificates(str(directory), "server")
+    for name in client_names:
+        public, _ = zmq.auth.create_certificates(str(directory), name)
+        Path(public).replace(authorized / Path(public).name)
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ipc:// and inproc:// endpoints and tcp on 127.0.0.0/8 or ::1."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def _frontend(
+    context: zmq.Context[zmq.Socket[bytes]], bind: str, limits: Limits, curve: CurveKeys | None
+) -> zmq.Socket[bytes]:
+    socket = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    if curve is not None:
+        public, secret = zmq.auth.load_certificate(str(curve.server_secret_file))
+        assert secret is not None
+        socket.curve_secretkey = secret
+        socket.curve_publickey = public
+        socket.curve_server = True
+    socket.bind(bind)
+    return socket
+
+
+def serve(
+    bind: str,
+    *,
+    workers: int = 0,
+    limits: Limits | None = None,
+    curve: CurveKeys | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Run the service until ``should_stop()`` is true (checked every 100 ms) or interrupted.
+
+    ``workers=0`` handles requests in this process; ``workers=N`` starts N worker processes
+    behind a broker. ``on_ready`` gets the bound endpoint once clients can connect."""
+    limits = limits or Limits()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    auth: ThreadAuthenticator | None = None
+    try:
+        if curve is not None:
+            auth = ThreadAuthenticator(context)
+            auth.start()
+            auth.configure_curve(domain="*", location=str(curve.authorized_clients_dir))
+        frontend = _frontend(context, bind, limits, curve)
+        endpoint = frontend.getsockopt_string(zmq.LAST_ENDPOINT)
+        if workers <= 0:
+            _serve_inprocess(frontend, limits, should_stop, on_ready, endpoint)
+        else:
+            _Broker(context, frontend, workers, limits).run(should_stop, on_ready, endpoint)
+    finally:
+        if auth is not None:
+            auth.stop()
+        context.destroy(linger=0)
+
+
+def _serve_inprocess(
+    frontend: zmq.Socket[bytes],
+    limits: Limits,
+    should_stop: Callable[[], bool],
+    on_ready: Callable[[str], None] | None,
+    endpoint: str,
+) -> None:
+    service = FrameService(limits)
+    poller = zmq.Poller()
+    poller.register(frontend, zmq.POLLIN)
+    if on_ready is not None:
+        on_ready(endpoint)
+    last_sweep = time.monotonic()
+    while not should_stop():
+        if poller.poll(100):
+            parts = frontend.recv_multipart()
+            client, message = parts[0], parts[1:]
+            frontend.send_multipart([client, *service.handle(client, message)])
+        if time.monotonic() - last_sweep > 1.0:
+            service.expire_idle()
+            last_sweep = time.monotonic()
+
+
+def _worker_main(backend: str, identity: bytes, limits: Limits) -> None:
+    """A worker process: one ``FrameService`` behind a DEALER connected to the broker."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.IDENTITY, identity)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(backend)
+    socket.send_multipart([b"READY"])
+    service = FrameService(limits)
+    poller = zmq.Poller()
+    poller.register(socket, zmq.POLLIN)
+    try:
+        while True:
+            if poller.poll(1000):
+                parts = socket.recv_multipart()
+                if parts == [b"STOP"]:
+                    return
+                client, message = parts[0], parts[1:]
+                socket.send_multipart([client, *service.handle(client, message)])
+            service.expire_idle()
+    except KeyboardInterrupt:
+        return
+    finally:
+        context.destroy(linger=0)
+
+
+@dataclass
+class _WorkerState:
+    process: multiprocessing.process.BaseProcess
+    ready: bool = False
+    in_flight: deque[tuple[bytes, bytes]] = field(default_factory=deque)
+    """(client, request header) of requests sent and not yet answered, in order."""
+
+
+class _Broker:
+    """ROUTER frontend for clients, ROUTER backend for workers, streams pinned to workers."""
+
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        frontend: zmq.Socket[bytes],
+        workers: int,
+        limits: Limits,
+    ) -> None:
+        self._frontend = frontend
+        self._limits = limits
+        self._backend = context.socket(zmq.ROUTER)
+        self._backend.setsockopt(zmq.LINGER, 0)
+        self._backend_endpoint = f"ipc:///tmp/avstream-{uuid.uuid4().hex}.sock"
+        self._backend.bind(self._backend_endpoint)
+        self._mp = multiprocessing.get_context("spawn")
+        self._workers: dict[bytes, _WorkerState] = {}
+        self._routes: dict[tuple[bytes, str], bytes] = {}
+        self._next = 0
+        self.restarts = 0
+        self.worker_lost_replies = 0
+        for _ in range(workers):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        identity = f"w{self._next}".encode()
+        self._next += 1
+        process = self._mp.Process(
+            target=_worker_main,
+            args=(self._backend_endpoint, identity, self._limits),
+            daemon=True,
+        )
+        process.start()
+        self._workers[identity] = _WorkerState(process=process)
+
+    def run(
+        self,
+        should_stop: Callable[[], bool],
+        on_ready: Callable[[str], None] | None,
+        endpoint: str,
+    ) -> None:
+        poller = zmq.Poller()
+        poller.register(self._frontend, zmq.POLLIN)
+        poller.register(self._backend, zmq.POLLIN)
+        announced = False
+        try:
+            while not should_stop():
+                events = dict(poller.poll(100))
+                if self._backend in events:
+                    self._from_worker(self._backend.recv_multipart())
+                if self._frontend in events:
+                    parts = self._frontend.recv_multipart()
+                    self._from_client(parts[0], parts[1:])
+                self._reap()
+                if (
+                    not announced
+                    and on_ready is not None
+                    and any(w.ready for w in self._workers.values())
+                ):
+                    on_ready(endpoint)
+                    announced = True
+        finally:
+            self._stop_workers()
+
+    def _from_worker(self, parts: list[bytes]) -> None:
+        identity, rest = parts[0], parts[1:]
+        worker = self._workers.get(identity)
+        if worker is None:
+            return
+        if rest == [b"READY"]:
+            worker.ready = True
+            return
+        if worker.in_flight:
+            worker.in_flight.popleft()
+        self._frontend.send_multipart(rest)
+
+    def _from_client(self, client: bytes, message: list[bytes]) -> None:
+        kind, stream = peek_routing(message[0]) if message else (None, None)
+        if kind == "stats":
+            self._frontend.send_multipart([client, self._stats(message[0]), b""])
+            return
+        key = (client, stream or "")
+        identity = self._routes.get(key)
+        if identity is None or identity not in self._workers:
+            identity = self._least_loaded()
+            if identity is None:
+                self._frontend.send_multipart(
+                    [client, error_reply(ErrorCode.INTERNAL, "no worker is ready", None), b""]
+                )
+                return
+            if kind == "open" and stream:
+                self._routes[key] = identity
+        if kind == "close":
+            self._routes.pop(key, None)
+        worker = self._workers[identity]
+        worker.in_flight.append((client, message[0] if message else b""))
+        self._backend.send_multipart([identity, client, *message])
+
+    def _least_loaded(self) -> bytes | None:
+        ready = [(len(w.in_flight), i) for i, w in self._workers.items() if w.ready]
+        if not ready:
+            return None
+        load = {i: 0 for _, i in ready}
+        for worker_id in self._routes.values():
+            if worker_id in load:
+                load[worker_id] += 1
+        return min(ready, key=lambda item: (load[item[1]], item[0]))[1]
+
+    def _reap(self) -> None:
+        for identity, worker in list(self._workers.items()):
+            if worker.process.is_alive():
+                continue
+            log.warning("worker %s died (exit %s); replacing it", identity, worker.process.exitcode)
+            for client, raw in worker.in_flight:
+                request = _header_or_none(raw)
+                message = f"worker {identity.decode()} died; open the stream again"
+                self._frontend.send_multipart(
+                    [client, error_reply(ErrorCode.WORKER_LOST, message, request), b""]
+                )
+                self.worker_lost_replies += 1
+            self._routes = {k: v for k, v in self._routes.items() if v != identity}
+            del self._workers[identity]
+            self.restarts += 1
+            self._spawn()
+
+    def _stats(self, raw: bytes) -> bytes:
+        return reply(
+            "stats",
+            _header_or_none(raw),
+            workers={i.decode(): w.process.pid for i, w in self._workers.items()},
+            streams=len(self._routes),
+            in_flight=sum(len(w.in_flight) for w in self._workers.values()),
+            worker_restarts=self.restarts,
+            worker_lost_replies=self.worker_lost_replies,
+        )
+
+    def _stop_workers(self) -> None:
+        for identity, worker in self._workers.items():
+            if worker.process.is_alive():
+                self._backend.send_multipart([identity, b"STOP"])
+        deadline = time.monotonic() + 2.0
+        for worker in self._workers.values():
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.terminate()
+                worker.process.join(1.0)
+        Path(self._backend_endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
+
+
+def _header_or_none(raw: bytes) -> dict[str, Any] | None:
+    try:
+        return parse_header(raw, Limits())
+    except ProtocolError:
+        return None

@@ -107,7 +107,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_serve(sub)
+    _add_convert(sub)
     return parser
+
+
+def _add_convert(sub: argparse._SubParsersAction[_Parser]) -> None:
+    conv = sub.add_parser(
+        "convert",
+        help="convert foreign model weights to avinpaint checkpoints",
+        description="Convert foreign model weights to avinpaint checkpoints.",
+    )
+    formats = conv.add_subparsers(dest="format", required=True, parser_class=_Parser)
+    audioface = formats.add_parser(
+        "audioface",
+        help="official AudioFace generator checkpoint (G_*.pth) -> 'paper' safetensors",
+        description="Convert the official AudioFace G_*.pth to an avinpaint 'paper' checkpoint. "
+        "It is read with torch.load(weights_only=True): tensors only, nothing unpickled.",
+    )
+    audioface.add_argument("checkpoint", type=Path, help="official generator, e.g. G_500000.pth")
+    audioface.add_argument("-o", "--output", type=Path, required=True, help="output .safetensors")
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from avinpaint.checkpoint import CheckpointError
+    from avinpaint.convert import convert_audioface
+
+    if args.output.resolve() == args.checkpoint.resolve():
+        raise UsageError("output is the input checkpoint; choose another path")
+    try:
+        out = convert_audioface(args.checkpoint, args.output)
+    except CheckpointError as exc:
+        raise AvstreamError(str(exc)) from exc
+    print(f"wrote {out} (preset 'paper')")
+    return EXIT_OK
 
 
 def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -289,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_serve(args)
         if args.command == "keygen":
             return _run_keygen(args)
+        if args.command == "convert":
+            return _run_convert(args)
         parser.error(f"unknown command {args.command}")
     except UsageError as exc:
         print(f"avstream: error: {exc}", file=sys.stderr)

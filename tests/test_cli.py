@@ -260,3 +260,19 @@ def test_sigterm_leaves_no_partial_output(make_clip: object, tmp_path: Path) -> 
     assert proc.returncode == 130
     assert "interrupted" in err
     _no_leftovers(tmp_path, set())
+
+
+def test_convert_reports_mismatched_keys_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    bad = tmp_path / "G_1.pth"
+    torch.save({"coarse.not_a_layer": torch.zeros(3)}, bad)
+    out = tmp_path / "paper.safetensors"
+    assert main(["convert", "audioface", str(bad), "-o", str(out)]) == 1
+    err = _one_line_error(capsys)
+    assert "missing (210)" in err and "coarse.not_a_layer" in err
+    assert main(["convert", "audioface", str(tmp_path / "nope.pth"), "-o", str(out)]) == 1
+    assert "does not exist" in _one_line_error(capsys)
+    _no_leftovers(tmp_path, {"G_1.pth"})

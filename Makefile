@@ -3,7 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := espeak-ng
+# espeak-ng: speech for generated test clips. GStreamer + introspection: live RTSP output
+# (PyGObject is built in the venv against these).
+APT_PACKAGES := espeak-ng python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
+	gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools libgirepository1.0-dev \
+	libcairo2-dev pkg-config
 TORCH ?= torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Shared cores: one thread per library keeps runs fast and timings comparable.
@@ -29,7 +34,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Pin torch first: an open range would pull a multi-GB CUDA build from PyPI.
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,live]"
 	# Only the GE2E weights file (pretrained.pt, Apache-2.0) is used from resemblyzer; its
 	# own dependencies (librosa, webrtcvad) are not needed and webrtcvad needs a compiler.
 	$(BIN)/python -m pip install -q --no-deps "resemblyzer==0.1.4"

@@ -269,3 +269,18 @@ def test_main_exit_codes(
     with pytest.raises(SystemExit) as info:
         main([str(official_pth)])
     assert info.value.code == 2
+
+
+def test_package_api_is_lazy_and_complete() -> None:
+    import subprocess
+    import sys
+
+    import avinpaint
+
+    code = "import sys, avinpaint.spec; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # the video pipeline's constants do not pull in torch
+    for name in avinpaint.__all__:
+        assert getattr(avinpaint, name) is not None
+    with pytest.raises(AttributeError):
+        avinpaint.nope  # noqa: B018

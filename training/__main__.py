@@ -1,0 +1,202 @@
+"""``python -m training SUBCOMMAND``: the training command line.
+
+Subcommands register themselves in ``build_parser`` with ``set_defaults(run=...)``; each
+runner returns the exit code. Exit codes: 0 success, 1 failure, 2 bad usage, 130 interrupted.
+Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from stream.errors import AvstreamError, UsageError
+from training.prepare import (
+    IdentityOptions,
+    IdentityRule,
+    PrepareInputs,
+    PrepareOptions,
+    prepare,
+)
+
+PROG = "python -m training"
+
+Runner = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse prints the whole usage block; one line is easier to read in scripts.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = _Parser(prog=PROG, description="Prepare data, train, evaluate.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    _add_prepare(commands)
+    return parser
+
+
+def _add_prepare(commands: argparse._SubParsersAction[_Parser]) -> None:
+    defaults = PrepareOptions()
+    p = commands.add_parser(
+        "prepare",
+        help="videos, face images and speech -> a training dataset",
+        description=(
+            "Aligned face crops, VAD-trimmed 6 s speech segments, identity labels, psi "
+            "embeddings, a JSONL manifest and a train/test split by identity. Resumable: "
+            "run the same command again to continue after an interruption."
+        ),
+    )
+    p.add_argument(
+        "--videos",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="talking-head videos (and folders of numbered frames); paired with their own audio",
+    )
+    p.add_argument(
+        "--images",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="face photos; identity from the parent folder unless a rule matches",
+    )
+    p.add_argument(
+        "--speech",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="speech files (flac, wav, mp3, ...); speaker from the parent folder "
+        "unless a rule matches",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="DATASET",
+        help="dataset folder (created; an existing one is resumed)",
+    )
+    p.add_argument(
+        "--frame-step",
+        type=int,
+        default=defaults.frame_step,
+        metavar="N",
+        help="keep every N-th video frame (default %(default)s)",
+    )
+    p.add_argument(
+        "--frames-fps",
+        type=float,
+        default=defaults.frames_fps,
+        metavar="FPS",
+        help="frame rate of folders of numbered frames (default %(default)s)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=defaults.test_fraction,
+        metavar="F",
+        help="fraction of identities in the test split (default %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of the split (default %(default)s)"
+    )
+    p.add_argument(
+        "--identity-regex",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="regex searched in 'INPUT_FOLDER_NAME/relative/path'; its group 'id' "
+        "or first group is the identity; repeatable, tried before the built-in "
+        "rules (VoxCeleb 9-digit ids -> voxNNNN, LibriSpeech -> libriNNN)",
+    )
+    p.add_argument(
+        "--no-default-identity-rules",
+        action="store_true",
+        help="use only --identity-regex rules, then the folder/stem fallback",
+    )
+    p.add_argument(
+        "--identity-alias",
+        action="append",
+        default=[],
+        metavar="FROM=TO",
+        help="rename an identity (e.g. two labels of one person); repeatable",
+    )
+    p.add_argument(
+        "--min-speech-s",
+        type=float,
+        default=defaults.min_speech_s,
+        metavar="S",
+        help="a last piece of speech shorter than this makes no segment (default %(default)s)",
+    )
+    p.add_argument("--no-psi", action="store_true", help="skip the psi (SFace) embeddings")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    if not (args.videos or args.images or args.speech):
+        raise UsageError("give at least one of --videos, --images, --speech")
+    options = PrepareOptions(
+        frame_step=args.frame_step,
+        frames_fps=args.frames_fps,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        identity=IdentityOptions(
+            rules=tuple(IdentityRule(pattern) for pattern in args.identity_regex),
+            use_defaults=not args.no_default_identity_rules,
+            aliases=tuple(_alias(text) for text in args.identity_alias),
+        ),
+        min_speech_s=args.min_speech_s,
+        with_psi=not args.no_psi,
+    )
+    inputs = PrepareInputs(
+        videos=tuple(args.videos), images=tuple(args.images), speech=tuple(args.speech)
+    )
+    summary = prepare(inputs, args.output, options, progress=not args.no_progress)
+    print(f"prepared {summary.line()}")
+    return 0
+
+
+def _alias(text: str) -> tuple[str, str]:
+    old, sep, new = text.partition("=")
+    if not sep or not old or not new:
+        raise UsageError(f"--identity-alias takes FROM=TO, got {text!r}")
+    return old, new
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    run: Runner = args.run
+    try:
+        return run(args)
+    except UsageError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (AvstreamError, OSError) as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted; run it again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

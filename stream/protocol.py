@@ -87,13 +87,13 @@ def parse_header(raw: bytes, limits: Limits) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "header must be a JSON object")
     version = header.get("v")
-    if version != PROTOCOL_VERSION:
+    if isinstance(version, bool) or version != PROTOCOL_VERSION:  # JSON true == 1 in Python
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_VERSION,
             f"protocol version {version!r} not supported; this service speaks {PROTOCOL_VERSION}",
         )
     kind = header.get("type")
-    if kind not in MESSAGE_TYPES:
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
     if kind != "stats":
         stream = header.get("stream")

@@ -101,6 +101,8 @@ BAD_MESSAGES: list[tuple[str, list[bytes], str]] = [
     ("not json", [b"\xff\xfe garbage", b""], "bad_message"),
     ("json list", [b"[1, 2]", b""], "bad_message"),
     ("old version", [json.dumps({"v": 0, "type": "stats"}).encode(), b""], "unsupported_version"),
+    ("version true", [b'{"v": true, "type": "stats"}', b""], "unsupported_version"),
+    ("type list", [b'{"v": 1, "type": []}', b""], "unknown_type"),
     ("unknown type", [_header(type="explode", stream="s"), b""], "unknown_type"),
     ("no stream", [_header(type="frame"), b""], "bad_message"),
     ("unknown stream", [_header(type="frame", stream="nope"), b""], "unknown_stream"),

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_serve(sub)
     _add_convert(sub)
+    sub.add_parser(
+        "train", help="prepare data, train and evaluate (see avstream train -h)", add_help=False
+    )
     return parser
 
 
@@ -308,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``avstream`` console script."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["train"]:
+        # The training CLI has its own subcommands (prepare, ...); hand it the rest verbatim.
+        from training.__main__ import main as training_main
+
+        return training_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

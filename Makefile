@@ -16,7 +16,7 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup apt test demo lint format bench clean
+.PHONY: setup apt test demo lint format bench ge2e-reference clean
 
 setup: apt $(STAMP)
 
@@ -60,6 +60,12 @@ format: setup
 
 bench: setup
 	$(BIN)/python bench/process.py
+
+# Regenerate tests/data/ge2e_reference_synth.* with resemblyzer itself, in a throwaway venv
+# (never the project's: resemblyzer needs webrtcvad, which imports pkg_resources).
+ge2e-reference:
+	python3 -m venv /tmp/rz && /tmp/rz/bin/pip install -q torch==2.13.0 resemblyzer "setuptools<81"
+	/tmp/rz/bin/python tools/make_ge2e_reference.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

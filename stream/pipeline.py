@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from stream.audio import iter_audio_16k
 from stream.detect import DetectorOptions
 from stream.errors import InputError
 from stream.inpaint import Inpainter
@@ -31,6 +32,7 @@ from stream.media import (
 )
 from stream.occlusion import OcclusionModel
 from stream.restore import FaceAnalyser, FrameFaces, RestoredFrame, restore_frame
+from stream.speaker import SileroVad, SpeakerTrack, SpeechWindow
 from stream.track import TrackerOptions
 
 
@@ -70,6 +72,8 @@ class ProcessReport:
     audio_mode: AudioMode
     audio_packets: int
     faces_restored: int
+    speaker_windows: int
+    """Speaker windows handed to the speaker sink (0 without one or without audio)."""
     track_ids: tuple[tuple[int, ...], ...]
     """Track ids present in each output frame."""
     stages: dict[str, StageStats]
@@ -210,19 +214,37 @@ def process_file(
     occlusion: OcclusionModel,
     options: ProcessOptions = ProcessOptions(),
     progress: Callable[[int, int | None], None] | None = None,
+    speaker_sink: Callable[[SpeechWindow], None] | None = None,
 ) -> ProcessReport:
     """Restore the covered region of every tracked face in ``input_path``.
 
     Writes ``output_path`` atomically (a temporary file beside it, renamed on success); the
     original audio packets are copied unchanged. Raises ``AvstreamError`` subclasses on bad
     input or output; ``progress`` is called after every frame with the number written so far
-    and the number expected (None where the container does not say)."""
+    and the number expected (None where the container does not say).
+
+    ``speaker_sink`` (for audio-driven inpainters) receives the speaker window of the file's
+    own speech whenever it is due for re-embedding (about once a second of speech), always
+    before the first frame that should use it."""
     check_output_path(input_path, output_path)
     info = probe(input_path)
     started = time.perf_counter()
     analyser = FaceAnalyser(options.detector, options.tracker)
+    speaker_track = (
+        SpeakerTrack(iter_audio_16k(input_path), SileroVad())
+        if speaker_sink is not None and info.audio_codec is not None
+        else None
+    )
+    speaker_windows = 0
 
     def restore(work: FrameFaces) -> RestoredFrame:
+        nonlocal speaker_windows
+        if speaker_track is not None and speaker_sink is not None:
+            time_s = work.frame.time_s if work.frame.time_s is not None else 0.0
+            window = speaker_track.advance_to(time_s)
+            if window is not None:
+                speaker_sink(window)
+                speaker_windows += 1
         return restore_frame(work, inpainter, occlusion, options.feather_px)
 
     runner = _Runner(queue_size=options.queue_size)
@@ -267,6 +289,7 @@ def process_file(
         audio_mode=writer.audio_mode,
         audio_packets=writer.audio_packets_written,
         faces_restored=faces_restored,
+        speaker_windows=speaker_windows,
         track_ids=tuple(track_ids),
         stages={name: _stats(times) for name, times in runner.timings.items()},
         wall_s=time.perf_counter() - started,

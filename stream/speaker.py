@@ -8,6 +8,7 @@ callers ask ``due()`` and refresh about once a second."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -179,3 +180,35 @@ class SpeakerWindow:
         if current is not None:
             self._last_window_end_s = current.end_s
         return current
+
+
+class SpeakerTrack:
+    """The speaker windows of a file's audio, advanced to each video frame's time.
+
+    Causal on purpose: the window for a frame at ``t`` holds only speech before ``t``, the
+    same as in live mode, so a file and a live stream of it restore alike."""
+
+    def __init__(
+        self,
+        chunks: Iterator[AudioChunk],
+        vad: VoiceActivityDetector,
+        options: SpeakerWindowOptions | None = None,
+    ) -> None:
+        self._chunks = chunks
+        self._window = SpeakerWindow(vad, options)
+        self._next: AudioChunk | None = None
+        self._exhausted = False
+
+    def advance_to(self, time_s: float) -> SpeechWindow | None:
+        """Feed audio up to ``time_s``; a new window when re-embedding is due, else None."""
+        while not self._exhausted:
+            if self._next is None:
+                self._next = next(self._chunks, None)
+                if self._next is None:
+                    self._exhausted = True
+                    break
+            if self._next.pts_s > time_s:
+                break
+            self._window.push(self._next)
+            self._next = None
+        return self._window.take() if self._window.due() else None

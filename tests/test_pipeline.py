@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from stream.media import EncodeOptions
 from stream.occlusion import FixedRegion
 from stream.pipeline import ProcessOptions, ProcessReport, process_file
 from stream.region import box_mask
+from stream.speaker import SpeechWindow
 from stream.testclip import ClipTruth
 from stream.types import Image, InpaintResult, Mask
 
@@ -106,3 +108,20 @@ def test_a_failing_stage_leaves_no_partial_output(clip: ClipTruth, tmp_path: Pat
     with pytest.raises(RuntimeError, match="backend crashed"):
         process_file(clip.path, out, _Exploding(after=5), FixedRegion(box_mask()), FAST)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_speaker_windows_follow_the_files_own_speech(make_clip: Any, tmp_path: Path) -> None:
+    clip: ClipTruth = make_clip("speech5s.mp4", duration_s=5.0)  # 2 s of speech come first
+    windows: list[SpeechWindow] = []
+    report = process_file(
+        clip.path,
+        tmp_path / "o.mp4",
+        OpenCVInpainter("telea"),
+        FixedRegion(box_mask(OCCLUDER_BOX)),
+        FAST,
+        speaker_sink=windows.append,
+    )
+    assert report.speaker_windows == len(windows) >= 1
+    ends = [w.end_s for w in windows]
+    assert ends == sorted(ends)
+    assert all(w.speech_s >= 2.0 and w.end_s <= clip.frame_count / 25 + 0.5 for w in windows)

@@ -97,3 +97,17 @@ def test_bad_options() -> None:
         SpeakerWindowOptions(reembed_every_s=0.0)
     with pytest.raises(ValueError):
         SileroVad().speech_probability(np.zeros(100, np.float32))
+
+
+def test_speaker_track_is_causal_and_refreshes() -> None:
+    from stream.speaker import SpeakerTrack
+
+    chunks = iter([AudioChunk(i / 4, np.full(SR // 4, 0.5, np.float32)) for i in range(32)])
+    track = SpeakerTrack(chunks, EnergyVad(), SpeakerWindowOptions(reembed_every_s=1.0))
+    got = []
+    for frame in range(0, 200):  # 25 fps video over 8 s of speech
+        window = track.advance_to(frame / 25)
+        if window is not None:
+            assert window.end_s <= frame / 25 + 0.25  # only audio that started before t
+            got.append(round(window.end_s, 2))
+    assert got[0] == pytest.approx(2.25) and len(got) == 6

@@ -16,6 +16,7 @@ from stream.media import EncodeOptions
 from stream.occlusion import FixedRegion
 from stream.pipeline import ProcessOptions, ProcessReport, process_file
 from stream.region import box_mask, load_mask_image, parse_box
+from stream.restore import ReuseOptions
 from stream.track import TrackerOptions
 
 EXIT_OK = 0
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proc.add_argument(
         "--threads", type=int, default=0, help="codec threads, 0 = automatic (default: 0)"
+    )
+    proc.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="regenerate every face every frame (default: reuse a track's restored crop "
+        "until the visible face changes, then cross-fade; steadier and faster)",
     )
     proc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_serve(sub)
@@ -252,6 +259,7 @@ def _run_process(args: argparse.Namespace) -> int:
         tracker=TrackerOptions(detect_every=args.detect_every),
         encode=EncodeOptions(crf=args.crf, preset=args.preset, threads=args.threads),
         feather_px=args.feather_px,
+        reuse=None if args.no_reuse else ReuseOptions(),
         decode_threads=args.threads,
     )
     inpainter = OpenCVInpainter(args.inpainter, radius_px=args.inpaint_radius_px)
@@ -289,8 +297,8 @@ def _print_summary(report: ProcessReport) -> None:
     tracks = sorted({tid for ids in report.track_ids for tid in ids})
     print(
         f"wrote {report.output}: {report.frames_out} frames, {report.faces_restored} faces "
-        f"restored in {len(tracks)} track(s), audio {report.audio_mode}, "
-        f"{report.fps:.1f} fps"
+        f"restored in {len(tracks)} track(s) ({report.faces_regenerated} regenerated), "
+        f"audio {report.audio_mode}, {report.fps:.1f} fps"
     )
     if report.damaged:
         expected = report.expected_frames if report.expected_frames is not None else "?"

@@ -31,7 +31,14 @@ from stream.media import (
     probe,
 )
 from stream.occlusion import OcclusionModel
-from stream.restore import FaceAnalyser, FrameFaces, RestoredFrame, restore_frame
+from stream.restore import (
+    FaceAnalyser,
+    FrameFaces,
+    RestoredFrame,
+    ReuseCache,
+    ReuseOptions,
+    restore_frame,
+)
 from stream.speaker import SileroVad, SpeakerTrack, SpeechWindow
 from stream.track import TrackerOptions
 
@@ -45,6 +52,8 @@ class ProcessOptions:
     tracker: TrackerOptions = field(default_factory=TrackerOptions)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     feather_px: float = 6.0
+    reuse: ReuseOptions | None = field(default_factory=ReuseOptions)
+    """Reuse each track's restored crop while it still fits (None: regenerate every frame)."""
     queue_size: int = 8
     decode_threads: int = 0
 
@@ -73,6 +82,8 @@ class ProcessReport:
     audio_packets: int
     faces_restored: int
     speaker_windows: int
+    faces_regenerated: int
+    """Faces sent to the inpainter; the rest reused their track's last restored crop."""
     """Speaker windows handed to the speaker sink (0 without one or without audio)."""
     track_ids: tuple[tuple[int, ...], ...]
     """Track ids present in each output frame."""
@@ -236,6 +247,7 @@ def process_file(
         else None
     )
     speaker_windows = 0
+    reuse = ReuseCache(options.reuse) if options.reuse is not None else None
 
     def restore(work: FrameFaces) -> RestoredFrame:
         nonlocal speaker_windows
@@ -245,7 +257,7 @@ def process_file(
             if window is not None:
                 speaker_sink(window)
                 speaker_windows += 1
-        return restore_frame(work, inpainter, occlusion, options.feather_px)
+        return restore_frame(work, inpainter, occlusion, options.feather_px, reuse)
 
     runner = _Runner(queue_size=options.queue_size)
     track_ids: list[tuple[int, ...]] = []
@@ -290,6 +302,7 @@ def process_file(
         audio_packets=writer.audio_packets_written,
         faces_restored=faces_restored,
         speaker_windows=speaker_windows,
+        faces_regenerated=reuse.regenerated if reuse is not None else faces_restored,
         track_ids=tuple(track_ids),
         stages={name: _stats(times) for name, times in runner.timings.items()},
         wall_s=time.perf_counter() - started,

@@ -81,6 +81,8 @@ def test_one_stable_track_through_the_clip(processed: ProcessReport) -> None:
     assert all(len(ids) == 1 for ids in processed.track_ids)
     assert {ids[0] for ids in processed.track_ids} == {1}
     assert processed.faces_restored == processed.frames_out
+    # reuse: only some frames were sent to the inpainter
+    assert 0 < processed.faces_regenerated < processed.faces_restored
 
 
 def test_stage_timings_are_reported(processed: ProcessReport) -> None:

@@ -1,0 +1,185 @@
+"""The audio-driven network as an ``Inpainter``: crops in, restored crops out, through an
+``engines`` backend (TensorRT, onnxruntime or torch).
+
+The speaker side of the network depends on the speaker window only, so ``set_speaker`` runs
+the ``speaker`` graph once per window and every face of every frame in that window reuses its
+outputs; ``inpaint`` runs only the per-face graph, batched across the faces of a call.
+
+    with ModelInpainter(select_backend("auto", model).backend) as inpainter:
+        inpainter.set_speaker(ge2e_embedding, window=(start_s, end_s))  # about once a second
+        results = inpainter.inpaint(crops, masks)                         # every frame
+
+``use_speech`` does the first step from a ``SpeechWindow`` (16 kHz voiced speech), so the
+file pipeline takes it as its speaker sink:
+``process_file(..., inpainter, ..., speaker_sink=inpainter.use_speech)``.
+
+Until the first window arrives (the start of a clip, before enough speech has been heard)
+faces are restored with a neutral speaker: an all-zero speaker input, which the model
+normalises to a zero embedding for ``ge2e`` and treats as silence for ``wen2019``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from engines.backends import Array, Backend, SpeakerArrays
+from engines.export import speaker_input_shape
+from stream.inpaint import check_batch
+from stream.speaker import SpeechWindow
+from stream.types import Image, InpaintResult, Mask
+
+if TYPE_CHECKING:
+    from avinpaint.speaker import SpeakerFrontEnd
+
+NEUTRAL_WINDOW = "neutral"
+"""Window key of the neutral speaker used before the first ``set_speaker``."""
+
+
+def crops_to_input(crops: Sequence[Image]) -> Array:
+    """BGR uint8 (H, W, 3) crops -> RGB float32 (N, 3, H, W) in [-1, 1], the network's input."""
+    bgr = np.stack(crops).astype(np.float32)  # (N, H, W, 3)
+    rgb = bgr[..., ::-1]
+    return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2) / 127.5 - 1.0, dtype=np.float32)
+
+
+def masks_to_input(masks: Sequence[Mask]) -> Array:
+    """(H, W) coverage masks -> float32 (N, 1, H, W) clipped to [0, 1] (1 = hole)."""
+    stacked = np.clip(np.stack(masks).astype(np.float32), 0.0, 1.0)
+    return np.ascontiguousarray(stacked[:, None, :, :])
+
+
+def output_to_crops(faces: npt.NDArray[np.float32]) -> list[Image]:
+    """RGB float (N, 3, H, W) in [-1, 1] -> BGR uint8 (H, W, 3) crops. Exact inverse of
+    ``crops_to_input`` for every pixel the network kept (outside the hole)."""
+    scaled = np.rint((np.clip(faces, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    bgr = scaled[:, ::-1].transpose(0, 2, 3, 1)  # (N, H, W, 3)
+    return [np.ascontiguousarray(face) for face in bgr]
+
+
+class ModelInpainter:
+    """``Inpainter`` running the inpainting network through ``backend``.
+
+    ``max_batch`` caps the faces per backend call (also capped by the backend's own limit).
+    ``front_end`` turns speech into the model's speaker input for ``use_speech``; by default
+    the one the model's config names (``avinpaint.speaker``), made on first use.
+    Thread-safe: ``set_speaker`` may be called from the audio thread while another thread
+    calls ``inpaint``; backend calls are serialised. Closing the inpainter closes the backend.
+    """
+
+    def __init__(
+        self, backend: Backend, max_batch: int = 8, front_end: SpeakerFrontEnd | None = None
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self._backend = backend
+        self._front_end = front_end
+        limit = backend.max_batch
+        self._max_batch = max_batch if limit is None else min(max_batch, limit)
+        self._lock = threading.Lock()
+        self._speaker_runs = 0
+        self._window: Hashable | None = None
+        self._features: SpeakerArrays | None = None
+
+    @property
+    def name(self) -> str:
+        return f"avinpaint-{self._backend.name}"
+
+    @property
+    def speaker_runs(self) -> int:
+        """How many times the speaker graph has run (once per distinct window)."""
+        return self._speaker_runs
+
+    @property
+    def window(self) -> Hashable | None:
+        """Key of the speaker window in use (``NEUTRAL_WINDOW`` before the first one)."""
+        return self._window
+
+    def set_speaker(self, speaker_input: Array, window: Hashable) -> bool:
+        """Use the speaker heard in ``window`` (any hashable key, e.g. ``(start_s, end_s)``)
+        from now on. ``speaker_input`` is what the model takes: a (1, 256) GE2E d-vector for
+        ``ge2e`` models, a (1, n_mels, n_frames) log-mel window for ``wen2019``. The speaker
+        graph runs only when ``window`` differs from the current one; returns whether it ran.
+        """
+        with self._lock:
+            if self._features is not None and window == self._window:
+                return False
+            expected = speaker_input_shape(self._backend.config)
+            if speaker_input.shape != expected:
+                raise ValueError(f"speaker input must be {expected}, got {speaker_input.shape}")
+            features = self._backend.speaker_features(
+                np.ascontiguousarray(speaker_input, dtype=np.float32)
+            )
+            self._speaker_runs += 1
+            self._features, self._window = features, window
+            return True
+
+    def use_speech(self, window: SpeechWindow) -> None:
+        """``set_speaker`` from a window of voiced 16 kHz speech, keyed by its time span: the
+        speaker front end (GE2E embedding or Wen log-mel) and the speaker graph run once per
+        window."""
+        key = (window.start_s, window.end_s)
+        if key == self._window:
+            return  # the same window again: nothing to recompute
+        if self._front_end is None:
+            from avinpaint.speaker import speaker_front_end
+
+            self._front_end = speaker_front_end(self._backend.config.speaker_encoder)
+        speech = torch.from_numpy(np.ascontiguousarray(window.samples_16k, dtype=np.float32))
+        with torch.inference_mode():
+            speaker_input = self._front_end.speaker_input(speech).numpy()
+        self.set_speaker(speaker_input, key)
+
+    def inpaint(self, crops: Sequence[Image], masks: Sequence[Mask]) -> list[InpaintResult]:
+        """Restore the covered pixels of each crop; pixels outside its mask come back
+        unchanged. ``latency_ms`` is each face's share of its batch's wall time."""
+        check_batch(crops, masks)
+        if not crops:
+            return []
+        with self._lock:
+            features = self._current_features()
+            results: list[InpaintResult] = []
+            for start in range(0, len(crops), self._max_batch):
+                chunk = slice(start, start + self._max_batch)
+                began = time.perf_counter()
+                out = self._backend.inpaint(
+                    crops_to_input(crops[chunk]), masks_to_input(masks[chunk]), features
+                )
+                faces = output_to_crops(out.inpainted)
+                per_face_ms = (time.perf_counter() - began) * 1000.0 / len(faces)
+                results.extend(
+                    InpaintResult(face_256=face, backend=self.name, latency_ms=per_face_ms)
+                    for face in faces
+                )
+        return results
+
+    def close(self) -> None:
+        """Close the backend."""
+        self._backend.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _current_features(self) -> SpeakerArrays:
+        # Called with the lock held.
+        if self._features is None:
+            neutral = np.zeros(speaker_input_shape(self._backend.config), dtype=np.float32)
+            self._features = self._backend.speaker_features(neutral)
+            self._window = NEUTRAL_WINDOW
+            self._speaker_runs += 1
+        return self._features

@@ -8,11 +8,14 @@ Errors are one line on stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from avinpaint.checkpoint import CheckpointError
 from stream.errors import AvstreamError, UsageError
 from training.prepare import (
     IdentityOptions,
@@ -41,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
     _add_prepare(commands)
+    _add_train(commands)
+    _add_eval(commands)
     return parser
 
 
@@ -169,6 +174,126 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(commands: argparse._SubParsersAction[_Parser]) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train the generator (stage 1 voice -> face, stage 2 inpainting)",
+        description=(
+            "Train or resume a run. The config (TOML or JSON; unknown keys are errors) is "
+            "saved in the run folder; running the same command again resumes from the newest "
+            "checkpoint. Without --config, an existing run folder's own config is used. For "
+            "several processes, start it with torchrun (gloo on CPU, nccl on GPU)."
+        ),
+    )
+    p.add_argument("--config", type=Path, metavar="FILE", help="training config (.toml or .json)")
+    p.add_argument("--run-dir", type=Path, metavar="DIR", help="run folder (created or resumed)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. stage1.steps=500 or data.dataset=DIR; repeatable",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as JSON and exit (a template for --config)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.trainer import CONFIG_FILE, train
+
+    config_path: Path | None = args.config
+    if config_path is None and args.run_dir is not None and (args.run_dir / CONFIG_FILE).is_file():
+        config_path = args.run_dir / CONFIG_FILE
+    config = load_config(config_path, args.set)
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    if args.run_dir is None:
+        raise UsageError("give --run-dir (or --print-config)")
+    if not config.data.dataset:
+        raise UsageError(
+            "the config names no dataset: set data.dataset (e.g. --set data.dataset=DIR)"
+        )
+    result = train(config, args.run_dir, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"trained {result.stage1_steps} stage-1 and {result.stage2_steps} stage-2 steps "
+            f"in {result.wall_s:.0f} s; generator: {result.generator}"
+        )
+    return 0
+
+
+def _add_eval(commands: argparse._SubParsersAction[_Parser]) -> None:
+    p = commands.add_parser(
+        "eval",
+        help="compare a model with OpenCV baselines on held-out identities",
+        description=(
+            "Restore the same faces and masks of the held-out identities with the model (true "
+            "speaker's audio, another speaker's audio, no audio) and OpenCV Telea and "
+            "Navier-Stokes; write report.md, report.json and grid.png."
+        ),
+    )
+    p.add_argument("model", help="generator checkpoint (.safetensors) or a shipped preset name")
+    p.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="prepared dataset")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="report folder")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="default: test")
+    p.add_argument(
+        "--holes",
+        choices=["mixture", "paper_box", "strokes", "face_mask"],
+        default="mixture",
+        help="hole masks (default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0)")
+    p.add_argument(
+        "--max-faces", type=int, default=0, metavar="N", help="at most N faces (default: all)"
+    )
+    p.add_argument(
+        "--grid-rows", type=int, default=8, metavar="N", help="faces in the grid (default 8)"
+    )
+    p.add_argument(
+        "--dlib",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="dlib descriptor and landmark metrics (auto: when the eval extra is installed)",
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from training.evaluate import EvalOptions, evaluate
+
+    if args.max_faces < 0 or args.grid_rows < 1:
+        raise UsageError("--max-faces must be >= 0 and --grid-rows >= 1")
+    report = evaluate(
+        EvalOptions(
+            dataset=args.dataset,
+            model=args.model,
+            output=args.output,
+            split=args.split,
+            holes=args.holes,
+            seed=args.seed,
+            max_faces=args.max_faces,
+            grid_rows=args.grid_rows,
+            dlib=args.dlib,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    )
+    print(
+        f"evaluated {report.faces} faces of {report.identities} identities in "
+        f"{report.seconds:.0f} s: {report.report_md}, {report.report_json}, {report.grid_png}"
+    )
+    return 0
+
+
 def _alias(text: str) -> tuple[str, str]:
     old, sep, new = text.partition("=")
     if not sep or not old or not new:
@@ -190,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (AvstreamError, OSError) as exc:
+    except (AvstreamError, OSError, CheckpointError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -7,16 +7,24 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from engines.cli import (
+    add_backend_arguments,
+    add_engines_subparser,
+    open_model_inpainter,
+    run_engines,
+)
 from stream.errors import AvstreamError, UsageError
-from stream.inpaint import OpenCVInpainter
+from stream.inpaint import Inpainter, OpenCVInpainter, OpenCVMethod
 from stream.media import EncodeOptions
 from stream.occlusion import FixedRegion
 from stream.pipeline import ProcessOptions, ProcessReport, process_file
 from stream.region import box_mask, load_mask_image, parse_box
 from stream.restore import ReuseOptions
+from stream.speaker import SpeechWindow
 from stream.track import TrackerOptions
 
 EXIT_OK = 0
@@ -75,9 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proc.add_argument(
         "--inpainter",
-        choices=["telea", "ns"],
-        default="telea",
-        help="OpenCV inpainting method (default: telea)",
+        choices=["auto", "model", "telea", "ns"],
+        default="auto",
+        help="model: the audio-driven network (--model, --backend), hearing the file's own "
+        "speech; telea/ns: OpenCV baselines; auto: the model when its weights are installed, "
+        "else telea (default: auto)",
     )
     proc.add_argument(
         "--inpaint-radius-px",
@@ -113,10 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
         "until the visible face changes, then cross-fade; steadier and faster)",
     )
     proc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_backend_arguments(proc)
     _add_serve(sub)
     _add_convert(sub)
+    add_engines_subparser(sub, _Parser)
     sub.add_parser(
         "train", help="prepare data, train and evaluate (see avstream train -h)", add_help=False
+    )
+    sub.add_parser(
+        "eval",
+        help="compare a model with the OpenCV baselines (see avstream eval -h)",
+        add_help=False,
     )
     return parser
 
@@ -262,17 +279,42 @@ def _run_process(args: argparse.Namespace) -> int:
         reuse=None if args.no_reuse else ReuseOptions(),
         decode_threads=args.threads,
     )
-    inpainter = OpenCVInpainter(args.inpainter, radius_px=args.inpaint_radius_px)
-    report = _process_with_progress(args, inpainter, FixedRegion(mask), options)
+    if _wants_model(args):
+        with open_model_inpainter(args, threads=args.threads) as model:
+            report = _process_with_progress(
+                args, model, FixedRegion(mask), options, speaker_sink=model.use_speech
+            )
+    else:
+        method: OpenCVMethod = "ns" if args.inpainter == "ns" else "telea"
+        inpainter = OpenCVInpainter(method, radius_px=args.inpaint_radius_px)
+        report = _process_with_progress(args, inpainter, FixedRegion(mask), options)
     _print_summary(report)
     return EXIT_OK
 
 
+def _wants_model(args: argparse.Namespace) -> bool:
+    if args.inpainter in ("telea", "ns"):
+        return False
+    if args.inpainter == "model":
+        return True
+    from avinpaint.checkpoint import CheckpointError, resolve
+
+    try:
+        resolve(args.model)
+    except CheckpointError:
+        logging.getLogger(__name__).warning(
+            "no weights for model %r are installed: using the OpenCV Telea baseline", args.model
+        )
+        return False
+    return True
+
+
 def _process_with_progress(
     args: argparse.Namespace,
-    inpainter: OpenCVInpainter,
+    inpainter: Inpainter,
     region: FixedRegion,
     options: ProcessOptions,
+    speaker_sink: Callable[[SpeechWindow], None] | None = None,
 ) -> ProcessReport:
     from tqdm import tqdm
 
@@ -290,7 +332,9 @@ def _process_with_progress(
                 bar.total = total
             bar.update(done - bar.n)
 
-        return process_file(args.input, args.output, inpainter, region, options, progress)
+        return process_file(
+            args.input, args.output, inpainter, region, options, progress, speaker_sink
+        )
 
 
 def _print_summary(report: ProcessReport) -> None:
@@ -320,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["eval"]:
+        from training.__main__ import main as training_main
+
+        return training_main(args_list)  # "eval ..." is a training subcommand
     if args_list[:1] == ["train"]:
         # The training CLI has its own subcommands (prepare, ...); hand it the rest verbatim.
         from training.__main__ import main as training_main
@@ -340,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_keygen(args)
         if args.command == "convert":
             return _run_convert(args)
+        if args.command == "engines":
+            return run_engines(args)
         parser.error(f"unknown command {args.command}")
     except UsageError as exc:
         print(f"avstream: error: {exc}", file=sys.stderr)

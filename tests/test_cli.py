@@ -276,3 +276,25 @@ def test_convert_reports_mismatched_keys_by_name(
     assert main(["convert", "audioface", str(tmp_path / "nope.pth"), "-o", str(out)]) == 1
     assert "does not exist" in _one_line_error(capsys)
     _no_leftovers(tmp_path, {"G_1.pth"})
+
+
+def test_model_inpainter_runs_a_checkpoint_on_onnxruntime(
+    clip: ClipTruth, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from avinpaint.checkpoint import save
+    from avinpaint.config import preset
+    from avinpaint.model import Generator
+
+    torch.manual_seed(0)
+    weights = save(Generator(preset("lite")).eval(), tmp_path / "lite_random.safetensors")
+    out = tmp_path / "o.mp4"
+    args = ["--inpainter", "model", "--model", str(weights), "--backend", "onnxruntime"]
+    args += ["--engine-cache", str(tmp_path / "cache")]
+    assert main(["process", str(clip.path), "-o", str(out), *args, *FAST]) == 0
+    assert "50 frames" in capsys.readouterr().out
+    assert len(video_times(out)) == clip.frame_count
+    bad = ["--inpainter", "model", "--model", str(tmp_path / "missing.safetensors")]
+    assert main(["process", str(clip.path), "-o", str(tmp_path / "p.mp4"), *bad, *FAST]) == 1
+    _one_line_error(capsys)

@@ -46,7 +46,7 @@ test: setup
 demo: setup
 	mkdir -p out
 	$(BIN)/python -m stream.testclip out/demo_input.mp4
-	$(BIN)/avstream process out/demo_input.mp4 -o out/demo_restored.mp4 --mask-box 32,128,192,128
+	$(BIN)/avstream process out/demo_input.mp4 -o out/demo_restored.mp4 --mask-detect
 	@echo "restored video: out/demo_restored.mp4 (input: out/demo_input.mp4)"
 
 lint: setup

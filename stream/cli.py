@@ -20,7 +20,7 @@ from engines.cli import (
 from stream.errors import AvstreamError, UsageError
 from stream.inpaint import Inpainter, OpenCVInpainter, OpenCVMethod
 from stream.media import EncodeOptions
-from stream.occlusion import FixedRegion
+from stream.occlusion import FixedRegion, OcclusionModel
 from stream.pipeline import ProcessOptions, ProcessReport, process_file
 from stream.region import box_mask, load_mask_image, parse_box
 from stream.restore import ReuseOptions
@@ -79,7 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     region.add_argument(
         "--mask-detect",
         action="store_true",
-        help="detect what covers each face (not available yet)",
+        help="find what covers each face with the shipped occlusion segmenter and restore "
+        "only faces that are covered; other faces are left exactly as they are",
+    )
+    proc.add_argument(
+        "--mask-threshold",
+        type=float,
+        metavar="FRACTION",
+        help="with --mask-detect: restore a face when at least this fraction of it is "
+        "covered (default: 0.04)",
     )
     proc.add_argument(
         "--inpainter",
@@ -260,16 +268,30 @@ def _run_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_process(args: argparse.Namespace) -> int:
+def _occlusion_model(args: argparse.Namespace) -> OcclusionModel:
+    """--mask-detect's segmenter, or the fixed region of --mask-box / --mask-image."""
+    if args.mask_threshold is not None and not args.mask_detect:
+        raise UsageError("--mask-threshold needs --mask-detect")
     if args.mask_detect:
-        raise UsageError(
-            "--mask-detect is not available yet; give the region with --mask-box or --mask-image"
-        )
+        from stream.mask_detect import MaskDetectOptions, MaskDetector
+
+        fraction = args.mask_threshold
+        if fraction is None:
+            fraction = MaskDetectOptions.covered_fraction
+        if not 0.0 < fraction <= 1.0:
+            raise UsageError(f"--mask-threshold must be within (0, 1], got {fraction}")
+        # Raises AvstreamError (exit 1) when the package was installed without its weights.
+        return MaskDetector(MaskDetectOptions(covered_fraction=fraction))
     mask = (
         load_mask_image(args.mask_image)
         if args.mask_image
         else box_mask(parse_box(args.mask_box) if args.mask_box else None)
     )
+    return FixedRegion(mask)
+
+
+def _run_process(args: argparse.Namespace) -> int:
+    occlusion = _occlusion_model(args)
     if args.detect_every < 1:
         raise UsageError(f"--detect-every must be >= 1, got {args.detect_every}")
     options = ProcessOptions(
@@ -282,12 +304,12 @@ def _run_process(args: argparse.Namespace) -> int:
     if _wants_model(args):
         with open_model_inpainter(args, threads=args.threads) as model:
             report = _process_with_progress(
-                args, model, FixedRegion(mask), options, speaker_sink=model.use_speech
+                args, model, occlusion, options, speaker_sink=model.use_speech
             )
     else:
         method: OpenCVMethod = "ns" if args.inpainter == "ns" else "telea"
         inpainter = OpenCVInpainter(method, radius_px=args.inpaint_radius_px)
-        report = _process_with_progress(args, inpainter, FixedRegion(mask), options)
+        report = _process_with_progress(args, inpainter, occlusion, options)
     _print_summary(report)
     return EXIT_OK
 
@@ -312,7 +334,7 @@ def _wants_model(args: argparse.Namespace) -> bool:
 def _process_with_progress(
     args: argparse.Namespace,
     inpainter: Inpainter,
-    region: FixedRegion,
+    region: OcclusionModel,
     options: ProcessOptions,
     speaker_sink: Callable[[SpeechWindow], None] | None = None,
 ) -> ProcessReport:

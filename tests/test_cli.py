@@ -104,7 +104,8 @@ def test_missing_output_directory(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--mask-detect"], "--mask-detect is not available yet"),
+        (["--mask-threshold", "0.1"], "--mask-threshold needs --mask-detect"),
+        (["--mask-detect", "--mask-threshold", "0"], "--mask-threshold must be within"),
         (["--mask-box", "1,2,3"], "four integers"),
         (["--mask-box", "0,0,300,10"], "does not fit"),
         (["--crf", "99"], "crf"),

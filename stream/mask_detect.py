@@ -1,0 +1,321 @@
+"""``--mask-detect``: find what covers each face with the shipped occlusion segmenter.
+
+Per face and frame: the segmenter (``avinpaint.occlusion_net``, run by onnxruntime on one
+thread, or by torch) gives a coverage probability for every pixel of the aligned crop. Per
+track, that map is smoothed over time: the previous smoothed map is warped into the current
+crop (the two crops' affines say exactly how the face moved between them) and blended with
+the new one, so mask edges do not flicker while the mask still follows the head. A face is
+*covered* when the smoothed mask covers at least ``covered_fraction`` of the face region;
+a covered face gets its mask dilated by ``dilate_px`` (the blend then starts outside the
+occluder's edge), and an uncovered face gets an all-zero mask, so the compositor leaves
+every one of its pixels exactly as they were.
+
+The decision has hysteresis: a covered track stays covered until its coverage drops below
+``release_ratio * covered_fraction``, so a face near the threshold does not blink between
+restored and original.
+
+One ``MaskDetector`` per stream: it keeps per-track state and is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from avinpaint.spec import CROP_SIZE
+from stream.errors import AvstreamError
+from stream.types import AlignedFace, FloatArray, Mask, Occlusion
+
+Backend = Literal["onnxruntime", "torch"]
+Predictor = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]
+"""Crops (N, CROP_SIZE, CROP_SIZE, 3) BGR uint8 -> coverage probabilities (N, CROP_SIZE,
+CROP_SIZE) in [0, 1]."""
+
+# Face region the coverage fraction is measured in: an ellipse over the inner face of the
+# crop template (eyes on row 78, chin near row 215), leaving out the crop's corners, where
+# background, hair, clothes and the aligner's replicated borders live.
+_FACE_CENTRE_XY = (128.0, 142.0)
+_FACE_AXES_PX = (82.0, 100.0)
+
+
+def face_region() -> npt.NDArray[np.bool_]:
+    """The (CROP_SIZE, CROP_SIZE) face ellipse in which coverage is measured."""
+    region = np.zeros((CROP_SIZE, CROP_SIZE), np.uint8)
+    scale = CROP_SIZE / 256.0
+    centre = (round(_FACE_CENTRE_XY[0] * scale), round(_FACE_CENTRE_XY[1] * scale))
+    axes = (round(_FACE_AXES_PX[0] * scale), round(_FACE_AXES_PX[1] * scale))
+    cv2.ellipse(region, centre, axes, 0.0, 0.0, 360.0, 1, -1)
+    return region.astype(bool)
+
+
+@dataclass(frozen=True)
+class MaskDetectOptions:
+    """How masks and decisions are made.
+
+    ``pixel_threshold``: smoothed probability above which a pixel is covered.
+    ``covered_fraction``: a face is restored when at least this fraction of its face region
+    (``face_region()``) is covered; chosen on held-out unmasked and synthetic faces (see
+    docs/MODEL_CARD_occlusion.md). ``release_ratio``: hysteresis, a covered track is
+    released below ``release_ratio * covered_fraction``. ``smoothing``: weight of the newest
+    frame in the per-track running average (1 = no smoothing). ``dilate_px``: growth of a
+    covered mask, crop pixels. ``forget_after_frames``: a track not seen for this many calls
+    loses its state. ``backend``: onnxruntime (default) or torch. ``weights``: a .onnx
+    (onnxruntime) or .safetensors (torch) file instead of the shipped one. ``threads``:
+    intra-op threads of the backend."""
+
+    pixel_threshold: float = 0.5
+    covered_fraction: float = 0.04
+    release_ratio: float = 0.6
+    smoothing: float = 0.5
+    dilate_px: int = 3
+    forget_after_frames: int = 25
+    backend: Backend = "onnxruntime"
+    weights: Path | None = None
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.pixel_threshold < 1.0:
+            raise ValueError(f"pixel_threshold must be in (0, 1), got {self.pixel_threshold}")
+        if not 0.0 < self.covered_fraction <= 1.0:
+            raise ValueError(f"covered_fraction must be in (0, 1], got {self.covered_fraction}")
+        if not 0.0 < self.release_ratio <= 1.0:
+            raise ValueError(f"release_ratio must be in (0, 1], got {self.release_ratio}")
+        if not 0.0 < self.smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
+        if self.dilate_px < 0 or self.forget_after_frames < 1 or self.threads < 1:
+            raise ValueError("dilate_px >= 0, forget_after_frames >= 1 and threads >= 1 needed")
+
+
+@dataclass(frozen=True, eq=False)
+class FaceCoverage:
+    """What the detector found on one face.
+
+    ``probability_256``: the smoothed coverage probability; ``coverage_fraction``: the
+    fraction of the face region above ``pixel_threshold``; ``covered``: the face-level
+    decision; ``mask_256``: what to restore (dilated covered pixels, or all zeros when the
+    face is not covered)."""
+
+    track_id: int
+    probability_256: Mask
+    coverage_fraction: float
+    covered: bool
+    mask_256: Mask
+
+
+@dataclass
+class _TrackState:
+    probability: Mask
+    covered: bool
+    last_seen: int
+
+
+@dataclass
+class _Matcher:
+    """Gives faces stable ids by where their crops sit in the frame, for callers that do
+    not pass track ids (the ``OcclusionModel`` protocol has none)."""
+
+    next_id: int = 0
+    centres: dict[int, FloatArray] = field(default_factory=dict)
+    """Frame position of each face's crop centre at the previous call."""
+
+    def assign(self, faces: Sequence[AlignedFace]) -> list[int]:
+        """One id per face: the nearest unclaimed face of the previous call, or a new id."""
+        ids: list[int] = []
+        taken: set[int] = set()
+        current: dict[int, FloatArray] = {}
+        for face in faces:
+            centre, scale = _crop_centre(face)
+            best, best_distance = -1, math.inf
+            for track_id, previous in self.centres.items():
+                distance = float(np.linalg.norm(previous - centre))
+                if track_id not in taken and distance < best_distance:
+                    best, best_distance = track_id, distance
+            # A face moves far less than a quarter of its crop between two frames.
+            if best < 0 or best_distance > 0.25 * CROP_SIZE * scale:
+                best = self.next_id
+                self.next_id += 1
+            taken.add(best)
+            ids.append(best)
+            current[best] = centre
+        self.centres = current
+        return ids
+
+
+def _crop_centre(face: AlignedFace) -> tuple[FloatArray, float]:
+    """Frame position of the crop's centre and frame pixels per crop pixel."""
+    inverse = face.inverse_affine
+    centre = inverse[:, :2] @ np.array([CROP_SIZE / 2.0, CROP_SIZE / 2.0]) + inverse[:, 2]
+    scale = float(math.hypot(inverse[0, 0], inverse[1, 0]))
+    return np.asarray(centre, np.float64), scale
+
+
+class MaskDetector:
+    """An ``OcclusionModel`` that segments what covers each face (see the module doc)."""
+
+    def __init__(
+        self, options: MaskDetectOptions = MaskDetectOptions(), predictor: Predictor | None = None
+    ) -> None:
+        """Load the segmenter (``predictor`` replaces it, for tests and other runtimes).
+
+        Raises ``AvstreamError`` when the weights cannot be loaded."""
+        self.options = options
+        self._predict = predictor if predictor is not None else load_predictor(options)
+        self._region = face_region()
+        self._region_pixels = float(self._region.sum())
+        kernel_side = 2 * options.dilate_px + 1
+        self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_side, kernel_side))
+        self._tracks: dict[int, _TrackState] = {}
+        self._matcher = _Matcher()
+        self._calls = 0
+
+    def predict(self, faces: list[AlignedFace]) -> list[Occlusion]:
+        """One ``Occlusion`` per face: the region to restore (all zeros for an uncovered
+        face) and, as ``score``, the covered fraction of the face region. Faces are matched
+        to the previous call's by position; prefer ``predict_tracked`` where ids exist."""
+        return [
+            Occlusion(mask_256=c.mask_256, score=c.coverage_fraction)
+            for c in self.analyse(faces, self._matcher.assign(faces))
+        ]
+
+    def predict_tracked(
+        self, faces: Sequence[AlignedFace], track_ids: Sequence[int]
+    ) -> list[Occlusion]:
+        """Like ``predict`` with the tracker's ids."""
+        return [
+            Occlusion(mask_256=c.mask_256, score=c.coverage_fraction)
+            for c in self.analyse(faces, track_ids)
+        ]
+
+    def analyse(self, faces: Sequence[AlignedFace], track_ids: Sequence[int]) -> list[FaceCoverage]:
+        """Segment, smooth per track, decide and dilate; one ``FaceCoverage`` per face."""
+        if len(faces) != len(track_ids):
+            raise ValueError(f"{len(faces)} faces but {len(track_ids)} track ids")
+        if len(set(track_ids)) != len(track_ids):
+            raise ValueError(f"track ids repeat within one frame: {list(track_ids)}")
+        self._calls += 1
+        results: list[FaceCoverage] = []
+        if faces:
+            crops = np.stack([f.crop for f in faces])
+            if crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3) or crops.dtype != np.uint8:
+                raise ValueError(f"crops must be uint8 {CROP_SIZE}x{CROP_SIZE}x3")
+            probabilities = self._predict(crops)
+            for track_id, probability in zip(track_ids, probabilities, strict=True):
+                results.append(self._update(track_id, probability))
+        self._forget()
+        return results
+
+    def analyse_still(self, crops: npt.NDArray[np.uint8]) -> list[FaceCoverage]:
+        """Decisions for unrelated photos: no smoothing, no hysteresis, no state kept."""
+        if len(crops) == 0:
+            return []
+        probabilities = self._predict(np.ascontiguousarray(crops))
+        return [self._decide(-1, p.astype(np.float32), False) for p in probabilities]
+
+    def reset(self) -> None:
+        """Forget every track (a new stream, or a seek)."""
+        self._tracks.clear()
+        self._matcher = _Matcher()
+
+    def _update(self, track_id: int, probability: Mask) -> FaceCoverage:
+        probability = probability.astype(np.float32)
+        state = self._tracks.get(track_id)
+        was_covered = False
+        if state is not None:
+            # Averaged in the crop as it is: the crop is the face's own frame, and what covers
+            # a face (a mask, a hand on it) moves with the face, so it stays put in the crop.
+            weight = np.float32(self.options.smoothing)
+            probability = weight * probability + (np.float32(1.0) - weight) * state.probability
+            was_covered = state.covered
+        coverage = self._decide(track_id, probability, was_covered)
+        self._tracks[track_id] = _TrackState(probability, coverage.covered, self._calls)
+        return coverage
+
+    def _decide(self, track_id: int, probability: Mask, was_covered: bool) -> FaceCoverage:
+        options = self.options
+        covered_pixels = probability > options.pixel_threshold
+        fraction = float((covered_pixels & self._region).sum()) / self._region_pixels
+        needed = options.covered_fraction * (options.release_ratio if was_covered else 1.0)
+        covered = fraction >= needed
+        if covered:
+            grown = covered_pixels.astype(np.uint8)
+            if options.dilate_px > 0:
+                grown = np.asarray(cv2.dilate(grown, self._kernel), np.uint8)
+            mask = grown.astype(np.float32)
+        else:
+            mask = np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
+        return FaceCoverage(track_id, probability, fraction, covered, mask)
+
+    def _forget(self) -> None:
+        horizon = self._calls - self.options.forget_after_frames
+        for track_id in [t for t, s in self._tracks.items() if s.last_seen <= horizon]:
+            del self._tracks[track_id]
+
+
+# --- runtimes ------------------------------------------------------------------------------
+
+
+def load_predictor(options: MaskDetectOptions) -> Predictor:
+    """The segmenter as a ``Predictor`` on the chosen backend; the shipped weights unless
+    ``options.weights`` names a file. Raises ``AvstreamError`` when they cannot be loaded."""
+    if options.backend == "onnxruntime":
+        return _onnxruntime_predictor(options.weights, options.threads)
+    if options.backend == "torch":
+        return _torch_predictor(options.weights, options.threads)
+    raise AvstreamError(f"unknown mask-detect backend {options.backend!r}")
+
+
+def _onnxruntime_predictor(weights: Path | None, threads: int) -> Predictor:
+    import onnxruntime as ort
+
+    from avinpaint.occlusion_net import OcclusionNetError, shipped_path
+
+    try:
+        path = weights if weights is not None else shipped_path("onnx")
+    except OcclusionNetError as exc:
+        raise AvstreamError(str(exc)) from exc
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise AvstreamError(f"cannot load the occlusion segmenter {path}: {exc}") from exc
+
+    def predict(crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        batch = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)
+        (logits,) = session.run(["logits"], {"crops": batch})
+        return _sigmoid(np.asarray(logits, np.float32)[:, 0])
+
+    return predict
+
+
+def _torch_predictor(weights: Path | None, threads: int) -> Predictor:
+    import torch
+
+    from avinpaint.occlusion_net import OcclusionNetError, load_occlusion_net
+
+    try:
+        net = load_occlusion_net(weights)
+    except OcclusionNetError as exc:
+        raise AvstreamError(str(exc)) from exc
+    torch.set_num_threads(threads)
+
+    def predict(crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        batch = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
+        with torch.no_grad():
+            probabilities = torch.sigmoid(net(batch))[:, 0]
+        return np.asarray(probabilities.numpy(), np.float32)
+
+    return predict
+
+
+def _sigmoid(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    # Clipped so that exp never overflows on confident pixels.
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logits, -30.0, 30.0))), np.float32)

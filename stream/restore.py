@@ -203,10 +203,15 @@ def restore_frame(
         return RestoredFrame(frame=work.frame, faces=())
     aligned = [f.aligned for f in work.faces]
     occlusions = occlusion.predict(aligned)
+    # A face with nothing covered is not restored at all: it stays bit for bit as decoded.
+    covered = [i for i, occ in enumerate(occlusions) if occ.mask_256.any()]
     fresh = [
         i
-        for i, (face, occ) in enumerate(zip(work.faces, occlusions, strict=True))
-        if reuse is None or not reuse.reusable(face.track_id, face.aligned.crop, occ.mask_256)
+        for i in covered
+        if reuse is None
+        or not reuse.reusable(
+            work.faces[i].track_id, work.faces[i].aligned.crop, occlusions[i].mask_256
+        )
     ]
     generated = inpainter.inpaint(
         [aligned[i].crop for i in fresh], [occlusions[i].mask_256 for i in fresh]
@@ -214,7 +219,8 @@ def restore_frame(
     by_index = dict(zip(fresh, generated, strict=True))
     image = work.frame.image
     restored = []
-    for i, (face, occ) in enumerate(zip(work.faces, occlusions, strict=True)):
+    for i in covered:
+        face, occ = work.faces[i], occlusions[i]
         result = by_index.get(i)
         if reuse is None:
             assert result is not None

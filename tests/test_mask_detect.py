@@ -257,7 +257,6 @@ def test_unoccluded_clip_changes_nothing_in_face_regions(
     for work in frames:
         restored = restore_frame(work, inpainter, detector, feather_px=6.0)
         assert np.array_equal(restored.frame.image, work.frame.image)
-        for face in restored.faces:
-            assert not face.occlusion.mask_256.any()
-            faces += 1
-    assert faces == len(frames)
+        assert restored.faces == ()  # nothing covered: no face is restored at all
+        faces += len(work.faces)
+    assert faces == len(frames)  # the face was tracked in every frame

@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_backend_arguments(proc)
+    _add_live(sub)
     _add_serve(sub)
     _add_convert(sub)
     add_engines_subparser(sub, _Parser)
@@ -174,6 +175,181 @@ def _run_convert(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         raise AvstreamError(str(exc)) from exc
     print(f"wrote {out} (preset 'paper')")
+    return EXIT_OK
+
+
+def _add_live(sub: argparse._SubParsersAction[_Parser]) -> None:
+    live = sub.add_parser(
+        "live",
+        help="restore faces in a live stream and serve or record it",
+        description=(
+            "Restore faces in a live stream (an RTSP camera, or a file played at its native "
+            "rate) and serve the result over RTSP and/or record it. Frames that would miss "
+            "the latency budget are passed through unrestored; the source is re-opened with "
+            "exponential backoff when it fails or stalls. Stop with Ctrl-C or SIGTERM: the "
+            "recording is finalised. Watch with: ffplay -rtsp_transport tcp URL"
+        ),
+    )
+    live.add_argument("source", help="rtsp://... camera URL, or a video file (for testing)")
+    live.add_argument(
+        "--serve", metavar="rtsp://HOST:PORT/PATH", help="serve the restored stream here"
+    )
+    live.add_argument(
+        "--record", type=Path, metavar="OUT", help="also record to this file (.mp4, .mkv, ...)"
+    )
+    live.add_argument(
+        "--max-latency-ms",
+        type=float,
+        default=250.0,
+        help="budget from a frame's arrival to its output; later frames are passed through "
+        "unrestored, older ones dropped (default: 250)",
+    )
+    region = live.add_mutually_exclusive_group()
+    region.add_argument(
+        "--mask-box",
+        metavar="X,Y,W,H",
+        help="region to restore in aligned 256x256 crop pixels "
+        "(default: the paper's box, rows 89-216, cols 64-191)",
+    )
+    region.add_argument(
+        "--mask-image",
+        type=Path,
+        metavar="PNG",
+        help="256x256 mask in crop space; white marks pixels to restore",
+    )
+    live.add_argument(
+        "--inpainter",
+        choices=["telea", "ns"],
+        default="telea",
+        help="OpenCV inpainting method (default: telea)",
+    )
+    live.add_argument(
+        "--inpaint-radius-px",
+        type=float,
+        default=5.0,
+        help="OpenCV inpainting neighbourhood radius (default: 5)",
+    )
+    live.add_argument(
+        "--detect-every",
+        type=int,
+        default=5,
+        help="run the face detector every N frames, track in between (default: 5)",
+    )
+    live.add_argument(
+        "--feather-px",
+        type=float,
+        default=6.0,
+        help="blend ramp outside the restored region, crop pixels (default: 6)",
+    )
+    live.add_argument(
+        "--rtsp-transport",
+        choices=["tcp", "udp"],
+        default="tcp",
+        help="how to read an RTSP source (default: tcp)",
+    )
+    live.add_argument(
+        "--reconnect-max-s",
+        type=float,
+        default=10.0,
+        help="longest wait between reconnection attempts (default: 10)",
+    )
+    live.add_argument(
+        "--give-up-after-s",
+        type=float,
+        help="fail when the source stays unreachable this long (default: keep trying)",
+    )
+    live.add_argument(
+        "--bitrate-kbps", type=int, default=2000, help="served H.264 bitrate (default: 2000)"
+    )
+    live.add_argument(
+        "--crf", type=int, default=23, help="recording H.264 quality, 0-51 (default: 23)"
+    )
+    live.add_argument(
+        "--preset", default="veryfast", help="recording libx264 preset (default: veryfast)"
+    )
+    live.add_argument(
+        "--stats-every-s",
+        type=float,
+        default=5.0,
+        help="print a stats line this often (default: 5)",
+    )
+    live.add_argument(
+        "--no-speaker", action="store_true", help="do not track the speaker's voice (VAD)"
+    )
+
+
+def _run_live(args: argparse.Namespace) -> int:
+    from stream.live import (
+        LiveOptions,
+        LiveOutputs,
+        LiveSession,
+        LiveStats,
+        SourceOptions,
+        run_live,
+    )
+    from stream.rtsp import parse_rtsp_url
+
+    mask = (
+        load_mask_image(args.mask_image)
+        if args.mask_image
+        else box_mask(parse_box(args.mask_box) if args.mask_box else None)
+    )
+    if args.detect_every < 1:
+        raise UsageError(f"--detect-every must be >= 1, got {args.detect_every}")
+    if args.reconnect_max_s < 0.5:
+        raise UsageError(f"--reconnect-max-s must be >= 0.5, got {args.reconnect_max_s}")
+    outputs = LiveOutputs(
+        serve=parse_rtsp_url(args.serve) if args.serve else None, record=args.record
+    )
+    options = LiveOptions(
+        max_latency_ms=args.max_latency_ms,
+        tracker=TrackerOptions(detect_every=args.detect_every),
+        feather_px=args.feather_px,
+        source=SourceOptions(
+            rtsp_transport=args.rtsp_transport,
+            backoff_max_s=args.reconnect_max_s,
+            give_up_after_s=args.give_up_after_s,
+        ),
+        record_encode=EncodeOptions(crf=args.crf, preset=args.preset),
+        serve_bitrate_kbps=args.bitrate_kbps,
+        stats_interval_s=args.stats_every_s,
+        speaker=not args.no_speaker,
+    )
+    inpainter = OpenCVInpainter(args.inpainter, radius_px=args.inpaint_radius_px)
+
+    def started(session: LiveSession) -> None:
+        if session.served_url:
+            print(
+                f"avstream live: serving {session.served_url} "
+                f"(watch: ffplay -rtsp_transport tcp {session.served_url})",
+                flush=True,
+            )
+        if args.record:
+            print(f"avstream live: recording to {args.record}", flush=True)
+        print("avstream live: press Ctrl-C to stop", flush=True)
+
+    def stats(line: LiveStats) -> None:
+        print(f"avstream live: {line.line()}", file=sys.stderr, flush=True)
+
+    report = run_live(
+        args.source,
+        inpainter,
+        FixedRegion(mask),
+        outputs,
+        options,
+        on_start=started,
+        on_stats=stats,
+    )
+    recorded = f"; wrote {report.recorded}" if report.recorded else ""
+    print(
+        f"avstream live: {report.stopped} after {report.wall_s:.0f} s: "
+        f"{report.frames_out} frames out ({report.restored} restored, "
+        f"{report.passed_through} passed through), {report.dropped} dropped, "
+        f"{report.reconnects} reconnects, latency p50 {report.latency_p50_ms:.0f} ms "
+        f"p95 {report.latency_p95_ms:.0f} ms{recorded}"
+    )
+    if args.record and report.recorded is None:
+        print("avstream: warning: nothing was recorded (no frame arrived)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -404,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "process":
             return _run_process(args)
+        if args.command == "live":
+            return _run_live(args)
         if args.command == "serve":
             return _run_serve(args)
         if args.command == "keygen":

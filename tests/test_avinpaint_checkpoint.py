@@ -145,7 +145,13 @@ def test_load_rejects_files_that_are_not_ours(tmp_path: Path) -> None:
         load(bad_config)
 
 
-def test_names_without_shipped_weights_are_clear_errors() -> None:
+def test_names_without_shipped_weights_are_clear_errors(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # lite weights ship now (issue 8): point the shipped folder at an empty one.
+    monkeypatch.setattr(
+        "avinpaint.checkpoint.shipped_path", lambda name: tmp_path / f"{name}.safetensors"
+    )
     with pytest.raises(CheckpointError, match="no weights for preset 'lite' ship"):
         resolve("lite")
     with pytest.raises(CheckpointError, match="avstream convert audioface"):

@@ -394,8 +394,13 @@ def test_a_killed_worker_costs_only_its_in_flight_requests(frames: list[np.ndarr
         answered = sum(len(r["latencies"]) for r in results.values())
         assert 0 <= lost <= 4  # at most one in-flight request per client
         assert answered + lost == 1200
+        # The broker notices the death on its next loop turn; give it a moment.
+        deadline = time.monotonic() + 10
         with FrameClient(server.endpoint) as probe:
             stats = probe.stats()
+            while stats["worker_restarts"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                stats = probe.stats()
         assert stats["worker_restarts"] == 1 and len(stats["workers"]) == 2
         assert victim not in stats["workers"].values()
     finally:

@@ -26,6 +26,7 @@ from stream.region import box_mask, load_mask_image, parse_box
 from stream.restore import ReuseOptions
 from stream.speaker import SpeechWindow
 from stream.track import TrackerOptions
+from stream.types import Mask
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -36,6 +37,31 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse prints the whole usage block; one line is easier to read in scripts.
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_region_options(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """``--mask-box`` / ``--mask-image`` (the crop-space region), shared by process and live."""
+    region = parser.add_mutually_exclusive_group()
+    region.add_argument(
+        "--mask-box",
+        metavar="X,Y,W,H",
+        help="region to restore in aligned 256x256 crop pixels "
+        "(default: the paper's box, rows 89-216, cols 64-191)",
+    )
+    region.add_argument(
+        "--mask-image",
+        type=Path,
+        metavar="PNG",
+        help="256x256 mask in crop space; white marks pixels to restore",
+    )
+    return region
+
+
+def _fixed_region_mask(args: argparse.Namespace) -> Mask:
+    """The crop-space mask of ``--mask-image`` or ``--mask-box`` (default: the paper's box)."""
+    if args.mask_image:
+        return load_mask_image(args.mask_image)
+    return box_mask(parse_box(args.mask_box) if args.mask_box else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,19 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="output file (.mp4, .mkv, .mov, .m4v); never the input",
     )
-    region = proc.add_mutually_exclusive_group()
-    region.add_argument(
-        "--mask-box",
-        metavar="X,Y,W,H",
-        help="region to restore in aligned 256x256 crop pixels "
-        "(default: the paper's box, rows 89-216, cols 64-191)",
-    )
-    region.add_argument(
-        "--mask-image",
-        type=Path,
-        metavar="PNG",
-        help="256x256 mask in crop space; white marks pixels to restore",
-    )
+    region = _add_region_options(proc)
     region.add_argument(
         "--mask-detect",
         action="store_true",
@@ -204,19 +218,7 @@ def _add_live(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="budget from a frame's arrival to its output; later frames are passed through "
         "unrestored, older ones dropped (default: 250)",
     )
-    region = live.add_mutually_exclusive_group()
-    region.add_argument(
-        "--mask-box",
-        metavar="X,Y,W,H",
-        help="region to restore in aligned 256x256 crop pixels "
-        "(default: the paper's box, rows 89-216, cols 64-191)",
-    )
-    region.add_argument(
-        "--mask-image",
-        type=Path,
-        metavar="PNG",
-        help="256x256 mask in crop space; white marks pixels to restore",
-    )
+    _add_region_options(live)
     live.add_argument(
         "--inpainter",
         choices=["telea", "ns"],
@@ -289,11 +291,7 @@ def _run_live(args: argparse.Namespace) -> int:
     )
     from stream.rtsp import parse_rtsp_url
 
-    mask = (
-        load_mask_image(args.mask_image)
-        if args.mask_image
-        else box_mask(parse_box(args.mask_box) if args.mask_box else None)
-    )
+    mask = _fixed_region_mask(args)
     if args.detect_every < 1:
         raise UsageError(f"--detect-every must be >= 1, got {args.detect_every}")
     if args.reconnect_max_s < 0.5:
@@ -458,12 +456,7 @@ def _occlusion_model(args: argparse.Namespace) -> OcclusionModel:
             raise UsageError(f"--mask-threshold must be within (0, 1], got {fraction}")
         # Raises AvstreamError (exit 1) when the package was installed without its weights.
         return MaskDetector(MaskDetectOptions(covered_fraction=fraction))
-    mask = (
-        load_mask_image(args.mask_image)
-        if args.mask_image
-        else box_mask(parse_box(args.mask_box) if args.mask_box else None)
-    )
-    return FixedRegion(mask)
+    return FixedRegion(_fixed_region_mask(args))
 
 
 def _run_process(args: argparse.Namespace) -> int:

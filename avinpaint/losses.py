@@ -53,6 +53,10 @@ class LossWeights:
         gan: relativistic LSGAN generator term (train.py: ``0.002*gan_loss``).
         hole: per-pixel weight of hole pixels in the output L1 (ours; 1 = official).
         valid: per-pixel weight of known pixels in the output L1 (ours; 1 = official).
+        ssim: ``1 - SSIM(x_f, x)`` (ours; 0 = official). L1 alone rewards the blurry mean
+            fill and tolerates the decoder's faint checkerboard; SSIM penalises both.
+        identity_target: ``1 - cos(psi(x_f), psi(x))``, the output's identity against the
+            ground truth's (ours; 0 = official, whose identity terms never compare with x).
     """
 
     l1: float = 1.0
@@ -62,6 +66,8 @@ class LossWeights:
     gan: float = 0.002
     hole: float = 1.0
     valid: float = 1.0
+    ssim: float = 0.0
+    identity_target: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -77,6 +83,8 @@ class GeneratorLosses(NamedTuple):
     identity_embedding: Tensor
     identity_consistency: Tensor
     gan: Tensor
+    ssim: Tensor
+    identity_target: Tensor
     total: Tensor
 
 
@@ -134,6 +142,39 @@ def masked_l1_loss(
     hole = mask.to(pred.dtype)
     pixel_weights = hole * hole_weight + (1.0 - hole) * valid_weight
     return ((pred - target).abs() * pixel_weights).mean()
+
+
+SSIM_WINDOW = 7
+"""Side of SSIM's uniform window: scikit-image's default, as ``training.metrics.ssim``."""
+
+
+def ssim_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """``1 - mean SSIM`` of (B, C, H, W) images in [-1, 1], differentiable.
+
+    The formula of ``training.metrics.ssim`` (scikit-image defaults: 7x7 uniform window,
+    sample covariance, K1 0.01, K2 0.03, data range 1 after mapping to [0, 1], only windows
+    inside the image), averaged over every window, channel and sample, so the loss optimises
+    the number the evaluation reports.
+    """
+    _require_same_shape("pred", pred, "target", target)
+    if pred.ndim != 4 or min(pred.shape[2:]) < SSIM_WINDOW:
+        raise ValueError(
+            f"need (B, C, H, W) images of at least {SSIM_WINDOW} px, got {tuple(pred.shape)}"
+        )
+    x, y = (pred.float() + 1.0) / 2.0, (target.float() + 1.0) / 2.0
+
+    def mean(image: Tensor) -> Tensor:
+        return torch.nn.functional.avg_pool2d(image, SSIM_WINDOW, stride=1)
+
+    n = SSIM_WINDOW * SSIM_WINDOW
+    cov_norm = n / (n - 1.0)
+    ux, uy = mean(x), mean(y)
+    vx = cov_norm * (mean(x * x) - ux * ux)
+    vy = cov_norm * (mean(y * y) - uy * uy)
+    vxy = cov_norm * (mean(x * y) - ux * uy)
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return 1.0 - s.mean()
 
 
 def audio_face_loss(audio_face: Tensor, target: Tensor) -> Tensor:
@@ -226,7 +267,7 @@ def total_generator_loss(
     mask: Tensor,
     identity_pred: Tensor,
     identity_target: Tensor,
-    scores: PairScores,
+    scores: PairScores | None,
     psi: Embedder | None,
     weights: LossWeights | None = None,
 ) -> GeneratorLosses:
@@ -239,9 +280,10 @@ def total_generator_loss(
         mask: hole mask, 1 = hole, (B, 1, H, W).
         identity_pred: predicted identity code I_c (B, D).
         identity_target: identity feature of the ground truth's person (B, D).
-        scores: ``pair_scores(D, output, target)`` with ``output`` NOT detached.
-        psi: identity network for the consistency term; None leaves the term out (0), as
-            the official training effectively does.
+        scores: ``pair_scores(D, output, target)`` with ``output`` NOT detached; None
+            leaves the adversarial term out (0), for runs with ``gan`` weight 0.
+        psi: identity network for the consistency and identity-target terms; None leaves
+            both out (0), as the official training effectively does.
         weights: defaults to ``LossWeights()`` (the official values).
 
     With default weights, ``psi=None`` and the output composited, ``total`` equals the
@@ -251,17 +293,22 @@ def total_generator_loss(
     l1 = masked_l1_loss(output, target, mask, hole_weight=w.hole, valid_weight=w.valid)
     audio = audio_face_loss(audio_face, target)
     identity = identity_embedding_loss(identity_pred, identity_target)
-    if psi is None:
-        consistency = output.new_zeros(())
-    else:
+    zero = output.new_zeros(())
+    consistency = to_target = zero
+    if psi is not None and w.identity_consistency > 0:
         consistency = identity_consistency_loss(psi, output, audio_face)
-    gan = ralsgan_generator_loss(scores)
+    if psi is not None and w.identity_target > 0:
+        to_target = cosine_distance(psi(output), psi(target).detach()).mean()
+    gan = ralsgan_generator_loss(scores) if scores is not None else zero
+    structure = ssim_loss(output, target) if w.ssim > 0 else zero
     total = (
         w.l1 * l1
         + w.audio_face * audio
         + w.identity_embedding * identity
         + w.identity_consistency * consistency
         + w.gan * gan
+        + w.ssim * structure
+        + w.identity_target * to_target
     )
     return GeneratorLosses(
         l1=l1,
@@ -269,5 +316,7 @@ def total_generator_loss(
         identity_embedding=identity,
         identity_consistency=consistency,
         gan=gan,
+        ssim=structure,
+        identity_target=to_target,
         total=total,
     )

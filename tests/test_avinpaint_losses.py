@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import TypedDict
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -25,6 +26,7 @@ from avinpaint.losses import (
     pair_scores,
     ralsgan_discriminator_loss,
     ralsgan_generator_loss,
+    ssim_loss,
     total_generator_loss,
 )
 
@@ -467,3 +469,45 @@ def test_discriminator_step_on_a_detached_fake_leaves_the_generator_alone() -> N
     torch.autograd.backward(ralsgan_discriminator_loss(pair_scores(score, fake.detach(), real)))
     assert all(p.grad is None for p in generator.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters())
+
+
+# --- SSIM and identity against the target (ours) -------------------------------------------
+
+
+def test_ssim_loss_is_one_minus_the_reported_metric() -> None:
+    from training.metrics import ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    b = np.clip(a.astype(np.int16) + rng.integers(-40, 41, a.shape), 0, 255).astype(np.uint8)
+
+    def tensor(image: np.ndarray) -> Tensor:
+        return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+    assert float(ssim_loss(tensor(a), tensor(b))) == pytest.approx(1.0 - ssim(a, b), abs=1e-5)
+    assert float(ssim_loss(tensor(a), tensor(a))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ssim_loss_has_gradients_and_checks_shapes() -> None:
+    torch.manual_seed(0)
+    pred = torch.rand(2, 3, 9, 9, requires_grad=True)
+    ssim_loss(pred, torch.rand(2, 3, 9, 9)).backward()
+    assert pred.grad is not None and float(pred.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="at least 7 px"):
+        ssim_loss(torch.zeros(1, 3, 6, 9), torch.zeros(1, 3, 6, 9))
+    with pytest.raises(ValueError, match="differ"):
+        ssim_loss(torch.zeros(1, 3, 9, 9), torch.zeros(1, 3, 8, 9))
+
+
+def test_total_with_identity_target_and_without_scores() -> None:
+    batch = _tiny_batch()
+    batch["target"] = _t([0.0, 0.6, 0.0, 0.0], (1, 1, 2, 2))
+    weights = LossWeights(identity_consistency=0.0, identity_target=2.0, gan=7.0)
+    parts = total_generator_loss(**batch, scores=None, psi=_flat, weights=weights)
+    # psi = flatten: x_f = (0.8, 0, 0, 0) is orthogonal to x = (0, 0.6, 0, 0): distance 1
+    assert float(parts.identity_target) == pytest.approx(1.0)
+    assert float(parts.identity_consistency) == 0.0  # weight 0: not computed
+    assert float(parts.gan) == 0.0  # no scores: no adversarial term whatever its weight
+    # L1: |0.8| + |0.6| over 4 = 0.35; 0.35 + 0.01 * audio L1 + 0.001 * 1 + 2 * 1
+    audio = float(parts.audio_face)
+    assert float(parts.total) == pytest.approx(0.35 + 0.01 * audio + 0.001 + 2.0)

@@ -222,6 +222,24 @@ def test_stage2_overfits_a_fixed_batch(four_faces: Path, tmp_path: Path) -> None
     assert all(np.isfinite(r["d_loss"]) and np.isfinite(r["gan"]) for r in rows)
 
 
+def test_stage2_without_gan_leaves_the_discriminator_untouched(
+    four_faces: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(four_faces, stage2=Stage2Config(steps=3, batch_size=4))
+    config = replace(
+        config,
+        losses=replace(config.losses, identity_consistency=0.0, gan=0.0, ssim=0.5),
+    )
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    before = {k: v.clone() for k, v in trainer.discriminator.state_dict().items()}
+    trainer.run()
+    after = trainer.discriminator.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    rows = [r for r in trainer.rows if r["stage"] == 2]
+    assert [r["d_loss"] for r in rows] == [0.0, 0.0, 0.0]
+    assert all(0.0 < r["ssim"] < 1.0 for r in rows)
+
+
 def _log_rows(run: Path) -> list[dict[str, str]]:
     with (run / LOG_FILE).open(newline="") as f:
         return list(csv.DictReader(f))

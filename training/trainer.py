@@ -102,6 +102,8 @@ LOG_COLUMNS = (
     "identity_embedding",
     "identity_consistency",
     "gan",
+    "ssim",
+    "identity_target",
     "d_loss",
     "audio_identity",
 )
@@ -466,7 +468,11 @@ class Trainer:
         generator, discriminator = self._wrap_stage2()
         weights = self.config.losses
         face, mask = batch["face"], batch["mask"]
-        psi = self._psi().embed_crop256 if weights.identity_consistency > 0 else None
+        needs_psi = weights.identity_consistency > 0 or weights.identity_target > 0
+        psi = self._psi().embed_crop256 if needs_psi else None
+        # With no adversarial weight the discriminator is neither run nor trained: it would
+        # cost a third of each step and change nothing in the generator.
+        adversarial = weights.gan > 0
         no_sync = (
             discriminator.no_sync()
             if isinstance(discriminator, DistributedDataParallel)
@@ -475,9 +481,12 @@ class Trainer:
         with self._autocast():
             out = generator(face, mask, batch["speaker"])
             inpainted, audio_face = out.inpainted.float(), out.audio_face.float()
-            # G's adversarial term must not synchronise D's gradients: they are thrown away.
-            with no_sync:
-                scores = _pair_scores(discriminator, inpainted, face)
+            scores = None
+            if adversarial:
+                # G's adversarial term must not synchronise D's gradients: they are thrown away.
+                with no_sync:
+                    raw = _pair_scores(discriminator, inpainted, face)
+                scores = PairScores(raw.real_first.float(), raw.fake_first.float())
             identity_target = batch["identity_target"]
             if weights.identity_embedding == 0.0:
                 identity_target = out.identity_code.detach().float()
@@ -488,7 +497,7 @@ class Trainer:
                 mask=mask,
                 identity_pred=out.identity_code.float(),
                 identity_target=identity_target,
-                scores=PairScores(scores.real_first.float(), scores.fake_first.float()),
+                scores=scores,
                 psi=psi,
                 weights=weights,
             )
@@ -496,14 +505,16 @@ class Trainer:
         _backward(self.scaler.scale(g.total))
         self.scaler.step(self.opt_g)
 
-        self.opt_d.zero_grad(set_to_none=True)
-        with self._autocast():
-            d_scores = _pair_scores(discriminator, inpainted.detach(), face)
-            d_loss = ralsgan_discriminator_loss(
-                PairScores(d_scores.real_first.float(), d_scores.fake_first.float())
-            )
-        _backward(self.scaler.scale(d_loss))
-        self.scaler.step(self.opt_d)
+        d_loss = g.total.new_zeros(())
+        if adversarial:
+            self.opt_d.zero_grad(set_to_none=True)
+            with self._autocast():
+                d_scores = _pair_scores(discriminator, inpainted.detach(), face)
+                d_loss = ralsgan_discriminator_loss(
+                    PairScores(d_scores.real_first.float(), d_scores.fake_first.float())
+                )
+            _backward(self.scaler.scale(d_loss))
+            self.scaler.step(self.opt_d)
         self.scaler.update()
         self._last_outputs = (inpainted.detach(), audio_face.detach())
         return self._mean_over_processes({**g._asdict(), "d_loss": d_loss})

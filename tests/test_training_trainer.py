@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -451,6 +455,27 @@ def test_cli_train_prints_config_and_runs(
     assert model.config == TINY_MODEL
     assert main(["train", "--run-dir", str(run), "--set", "nope=1"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_cli_train_saves_and_exits_on_sigterm(four_faces: Path, tmp_path: Path) -> None:
+    # As `kill` or a scheduler would stop a background run: it must checkpoint, not just die.
+    config_path = tmp_path / "tiny.json"
+    config_path.write_text(json.dumps(tiny_config(four_faces).to_dict()))
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "training", "train", "--config", str(config_path)]
+    command += ["--run-dir", str(run), "--no-progress", "--set", "stage1.steps=100000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + 120
+        while len(_log_rows(run) if (run / LOG_FILE).is_file() else []) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; run it again to resume" in err
+    saved = sorted((run / "checkpoints").glob("stage1_*"))
+    assert saved and int(saved[-1].name.split("_")[1]) >= 3
 
 
 def test_identity_dim_must_match_psi(four_faces: Path, tmp_path: Path) -> None:

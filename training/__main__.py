@@ -8,12 +8,15 @@ Errors are one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 from avinpaint.checkpoint import CheckpointError
 from stream.errors import AvstreamError, UsageError
@@ -220,13 +223,33 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UsageError(
             "the config names no dataset: set data.dataset (e.g. --set data.dataset=DIR)"
         )
-    result = train(config, args.run_dir, progress=not args.no_progress)
+    with _stop_signals_interrupt():
+        result = train(config, args.run_dir, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"trained {result.stage1_steps} stage-1 and {result.stage2_steps} stage-2 steps "
             f"in {result.wall_s:.0f} s; generator: {result.generator}"
         )
     return 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGINT stop training the way Ctrl-C does: checkpoint, exit 130.
+
+    ``kill``, ``timeout`` and schedulers send SIGTERM, and a shell starts ``cmd &`` with SIGINT
+    ignored; without this a background run would die without saving, or not stop at all.
+    """
+    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def _add_eval(commands: argparse._SubParsersAction[_Parser]) -> None:

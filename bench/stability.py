@@ -4,12 +4,16 @@ Flicker = the mean absolute frame-to-frame change (8-bit levels) inside the rest
 measured in each face's aligned crop so that head motion does not count, only the restored
 pixels changing under it. Prints JSON with flicker, fps and the fraction of faces regenerated.
 
-    python bench/stability.py [--input clip.mp4] [--inpainter telea]
+    python -m bench.stability [--input clip.mp4] [--inpainter model|telea|ns] [--model lite]
+
+The model runs with the neutral (no voice) speaker input: the bench restores frames without
+the pipeline's speaker windows, so only pose and visibility changes move the fill.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -25,6 +29,7 @@ import cv2
 import numpy as np
 
 from avinpaint.spec import CROP_SIZE
+from engines.cli import add_backend_arguments, open_model_inpainter
 from stream.inpaint import Inpainter, OpenCVInpainter
 from stream.media import VideoReader
 from stream.occlusion import FixedRegion, OcclusionModel
@@ -71,12 +76,26 @@ def main(argv: list[str] | None = None) -> int:
     """Measure with and without reuse and print JSON."""
     parser = argparse.ArgumentParser(description="flicker and speed with and without reuse")
     parser.add_argument("--input", type=Path, help="video (default: a generated 6 s clip)")
-    parser.add_argument("--inpainter", choices=["telea", "ns"], default="telea")
+    parser.add_argument("--inpainter", choices=["model", "telea", "ns"], default="telea")
     parser.add_argument("--mask-box", type=int, nargs=4, default=[32, 128, 192, 128])
+    add_backend_arguments(parser)
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
     region = FixedRegion(box_mask(tuple(args.mask_box)))
-    inpainter = OpenCVInpainter(args.inpainter)
+    with contextlib.ExitStack() as stack:
+        inpainter: Inpainter
+        if args.inpainter == "model":
+            inpainter = stack.enter_context(open_model_inpainter(args, threads=1))
+        else:
+            inpainter = OpenCVInpainter(args.inpainter)
+        results = _compare(args, inpainter, region)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _compare(
+    args: argparse.Namespace, inpainter: Inpainter, region: OcclusionModel
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         source = args.input
         if source is None:
@@ -84,15 +103,13 @@ def main(argv: list[str] | None = None) -> int:
 
             source = Path(tmp) / "clip.mp4"
             make_talking_head_clip(source, ClipSpec(duration_s=6.0))
-        results = {
+        return {
             "input": str(args.input) if args.input else "generated 6 s 640x480",
             "inpainter": inpainter.name,
             "mask_box": args.mask_box,
             "reuse": measure(source, inpainter, region, ReuseOptions()),
             "no_reuse": measure(source, inpainter, region, None),
         }
-    print(json.dumps(results, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -17,7 +18,7 @@ from engines.cli import (
     open_model_inpainter,
     run_engines,
 )
-from stream.errors import AvstreamError, UsageError
+from stream.errors import AvstreamError, InputError, UsageError
 from stream.inpaint import Inpainter, OpenCVInpainter, OpenCVMethod
 from stream.media import EncodeOptions
 from stream.occlusion import FixedRegion, OcclusionModel
@@ -39,8 +40,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _add_region_options(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
-    """``--mask-box`` / ``--mask-image`` (the crop-space region), shared by process and live."""
+def _add_region_options(parser: argparse.ArgumentParser) -> None:
+    """``--mask-box`` / ``--mask-image`` (the crop-space region) or ``--mask-detect`` (the
+    segmenter), and ``--mask-threshold``; shared by process and live (``_occlusion_model``)."""
     region = parser.add_mutually_exclusive_group()
     region.add_argument(
         "--mask-box",
@@ -54,7 +56,19 @@ def _add_region_options(parser: argparse.ArgumentParser) -> argparse._MutuallyEx
         metavar="PNG",
         help="256x256 mask in crop space; white marks pixels to restore",
     )
-    return region
+    region.add_argument(
+        "--mask-detect",
+        action="store_true",
+        help="find what covers each face with the shipped occlusion segmenter and restore "
+        "only faces that are covered; other faces are left exactly as they are",
+    )
+    parser.add_argument(
+        "--mask-threshold",
+        type=float,
+        metavar="FRACTION",
+        help="with --mask-detect: restore a face when at least this fraction of it is "
+        "covered (default: 0.04)",
+    )
 
 
 def _fixed_region_mask(args: argparse.Namespace) -> Mask:
@@ -89,20 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="output file (.mp4, .mkv, .mov, .m4v); never the input",
     )
-    region = _add_region_options(proc)
-    region.add_argument(
-        "--mask-detect",
-        action="store_true",
-        help="find what covers each face with the shipped occlusion segmenter and restore "
-        "only faces that are covered; other faces are left exactly as they are",
-    )
-    proc.add_argument(
-        "--mask-threshold",
-        type=float,
-        metavar="FRACTION",
-        help="with --mask-detect: restore a face when at least this fraction of it is "
-        "covered (default: 0.04)",
-    )
+    _add_region_options(proc)
     proc.add_argument(
         "--inpainter",
         choices=["auto", "model", "telea", "ns"],
@@ -221,9 +222,18 @@ def _add_live(sub: argparse._SubParsersAction[_Parser]) -> None:
     _add_region_options(live)
     live.add_argument(
         "--inpainter",
-        choices=["telea", "ns"],
-        default="telea",
-        help="OpenCV inpainting method (default: telea)",
+        choices=["auto", "model", "telea", "ns"],
+        default="auto",
+        help="model: the audio-driven network (--model, --backend), hearing the last seconds "
+        "of the stream's speech; telea/ns: OpenCV baselines; auto: the model when its weights "
+        "are installed, else telea (default: auto)",
+    )
+    live.add_argument(
+        "--model-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="onnxruntime threads for the model, 0 = onnxruntime's default (default: 0)",
     )
     live.add_argument(
         "--inpaint-radius-px",
@@ -276,8 +286,18 @@ def _add_live(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="print a stats line this often (default: 5)",
     )
     live.add_argument(
-        "--no-speaker", action="store_true", help="do not track the speaker's voice (VAD)"
+        "--no-reuse",
+        action="store_true",
+        help="regenerate every face of every restored frame (default: reuse a track's "
+        "restored crop until the visible face changes, then cross-fade; steadier, and "
+        "faster, which keeps more frames within the latency budget)",
     )
+    live.add_argument(
+        "--no-speaker",
+        action="store_true",
+        help="do not track the speaker's voice (VAD); the model then keeps its neutral speaker",
+    )
+    add_backend_arguments(live)
 
 
 def _run_live(args: argparse.Namespace) -> int:
@@ -287,15 +307,17 @@ def _run_live(args: argparse.Namespace) -> int:
         LiveSession,
         LiveStats,
         SourceOptions,
+        is_url,
         run_live,
     )
     from stream.rtsp import parse_rtsp_url
 
-    mask = _fixed_region_mask(args)
     if args.detect_every < 1:
         raise UsageError(f"--detect-every must be >= 1, got {args.detect_every}")
     if args.reconnect_max_s < 0.5:
         raise UsageError(f"--reconnect-max-s must be >= 0.5, got {args.reconnect_max_s}")
+    if args.model_threads < 0:
+        raise UsageError(f"--model-threads must be >= 0, got {args.model_threads}")
     outputs = LiveOutputs(
         serve=parse_rtsp_url(args.serve) if args.serve else None, record=args.record
     )
@@ -312,8 +334,13 @@ def _run_live(args: argparse.Namespace) -> int:
         serve_bitrate_kbps=args.bitrate_kbps,
         stats_interval_s=args.stats_every_s,
         speaker=not args.no_speaker,
+        reuse=None if args.no_reuse else ReuseOptions(),
     )
-    inpainter = OpenCVInpainter(args.inpainter, radius_px=args.inpaint_radius_px)
+    # LiveSession checks this too, but only after the slow loads below (segmenter, model):
+    # a mistyped path should fail at once, like the usage errors above.
+    if not is_url(args.source) and not Path(args.source).is_file():
+        raise InputError(f"source not found: {args.source}")
+    occlusion = _occlusion_model(args)
 
     def started(session: LiveSession) -> None:
         if session.served_url:
@@ -329,22 +356,27 @@ def _run_live(args: argparse.Namespace) -> int:
     def stats(line: LiveStats) -> None:
         print(f"avstream live: {line.line()}", file=sys.stderr, flush=True)
 
-    report = run_live(
-        args.source,
-        inpainter,
-        FixedRegion(mask),
-        outputs,
-        options,
-        on_start=started,
-        on_stats=stats,
-    )
+    # The model is opened (and exported to ONNX on first use) before run_live starts the RTSP
+    # server: once GStreamer is loaded, torch's ONNX exporter aborts the process.
+    with _open_inpainter(args, threads=args.model_threads) as (inpainter, speaker_sink):
+        report = run_live(
+            args.source,
+            inpainter,
+            occlusion,
+            outputs,
+            options,
+            on_start=started,
+            on_stats=stats,
+            speaker_sink=speaker_sink,
+        )
     recorded = f"; wrote {report.recorded}" if report.recorded else ""
     print(
         f"avstream live: {report.stopped} after {report.wall_s:.0f} s: "
-        f"{report.frames_out} frames out ({report.restored} restored, "
+        f"{report.frames_out} frames out ({report.restored} restored with {report.inpainter}, "
         f"{report.passed_through} passed through), {report.dropped} dropped, "
         f"{report.reconnects} reconnects, latency p50 {report.latency_p50_ms:.0f} ms "
-        f"p95 {report.latency_p95_ms:.0f} ms{recorded}"
+        f"p95 {report.latency_p95_ms:.0f} ms, {report.speaker_windows} speaker windows used, "
+        f"{report.faces_reused} faces reused{recorded}"
     )
     if args.record and report.recorded is None:
         print("avstream: warning: nothing was recorded (no frame arrived)", file=sys.stderr)
@@ -470,17 +502,27 @@ def _run_process(args: argparse.Namespace) -> int:
         reuse=None if args.no_reuse else ReuseOptions(),
         decode_threads=args.threads,
     )
-    if _wants_model(args):
-        with open_model_inpainter(args, threads=args.threads) as model:
-            report = _process_with_progress(
-                args, model, occlusion, options, speaker_sink=model.use_speech
-            )
-    else:
-        method: OpenCVMethod = "ns" if args.inpainter == "ns" else "telea"
-        inpainter = OpenCVInpainter(method, radius_px=args.inpaint_radius_px)
-        report = _process_with_progress(args, inpainter, occlusion, options)
+    with _open_inpainter(args, threads=args.threads) as (inpainter, speaker_sink):
+        report = _process_with_progress(args, inpainter, occlusion, options, speaker_sink)
     _print_summary(report)
     return EXIT_OK
+
+
+SpeakerSink = Callable[[SpeechWindow], None]
+
+
+@contextlib.contextmanager
+def _open_inpainter(
+    args: argparse.Namespace, threads: int
+) -> Iterator[tuple[Inpainter, SpeakerSink | None]]:
+    """The inpainter ``--inpainter`` asks for (``process`` and ``live``) and its speaker sink:
+    the model's ``use_speech`` (the model is closed on exit), or OpenCV with no sink."""
+    if _wants_model(args):
+        with open_model_inpainter(args, threads=threads) as model:
+            yield model, model.use_speech
+    else:
+        method: OpenCVMethod = "ns" if args.inpainter == "ns" else "telea"
+        yield OpenCVInpainter(method, radius_px=args.inpaint_radius_px), None
 
 
 def _wants_model(args: argparse.Namespace) -> bool:

@@ -4,8 +4,9 @@ frames out to an RTSP mount and/or a recording, within a latency budget.
 Threads: the *reader* demuxes and decodes the source, reconnecting with exponential backoff
 when it fails or stalls; the *worker* takes frames in arrival order and emits each one; the
 *restorer* runs face tracking, inpainting and compositing for one frame at a time; the
-*recorder* encodes the recording. Only the reader touches the source, only the restorer the
-face tracker.
+*speaker* thread (only with a ``speaker_sink``) hands each new speech window to the inpainter;
+the *recorder* encodes the recording. Only the reader touches the source, only the restorer the
+face tracker, the occlusion model and the reuse cache.
 
 Latency policy (``max_latency_ms``, from a frame's arrival to its hand-off to the outputs):
 
@@ -47,7 +48,7 @@ from stream.errors import AvstreamError, InputError, OutputError, UsageError
 from stream.inpaint import Inpainter
 from stream.media import OUTPUT_EXTENSIONS, AtomicOutput, EncodeOptions, bgr_to_frame, frame_to_bgr
 from stream.occlusion import OcclusionModel
-from stream.restore import FaceAnalyser, restore_frame
+from stream.restore import FaceAnalyser, ReuseCache, ReuseOptions, restore_frame
 from stream.rtsp import FeedFormat, RtspAddress, RtspFeed, RtspServer
 from stream.speaker import SileroVad, SpeakerWindow, SpeechWindow
 from stream.track import TrackerOptions
@@ -106,7 +107,9 @@ class LiveOptions:
     """Live-mode settings. ``max_latency_ms``: budget from a frame's arrival to its hand-off
     to the outputs (see the module docstring for what happens when it is exceeded);
     ``stats_interval_s``: how often ``run_live`` reports; ``speaker``: keep the rolling speech
-    window from the source audio (Silero VAD)."""
+    window from the source audio (Silero VAD; without it a ``speaker_sink`` gets nothing);
+    ``reuse``: reuse each track's restored crop while the visible face stays the same, as in
+    ``process`` (None: regenerate every face of every restored frame)."""
 
     max_latency_ms: float = 250.0
     detector: DetectorOptions = field(default_factory=DetectorOptions)
@@ -121,6 +124,7 @@ class LiveOptions:
     audio_channels: int = 2
     stats_interval_s: float = 5.0
     speaker: bool = True
+    reuse: ReuseOptions | None = field(default_factory=ReuseOptions)
 
     def __post_init__(self) -> None:
         if self.max_latency_ms <= 0:
@@ -194,15 +198,21 @@ class LiveStats:
     latency_p50_ms: float
     latency_p95_ms: float
     speech_s: float
+    inpainter: str
+    """The inpainter's ``name``, e.g. ``opencv-telea`` or ``avinpaint-onnxruntime-cpu``."""
+    speaker_windows: int
+    """Speech windows handed to the speaker sink so far (0 without one)."""
 
     def line(self) -> str:
         """One human-readable status line."""
         state = "" if self.connected else ", source DOWN"
         return (
             f"{self.elapsed_s:.0f} s: in {self.fps_in:.1f} fps, out {self.fps_out:.1f} fps, "
-            f"restored {self.restored}, passed through {self.passed_through}, "
+            f"restored {self.restored} with {self.inpainter}, "
+            f"passed through {self.passed_through}, "
             f"dropped {self.dropped}, latency p50 {self.latency_p50_ms:.0f} ms "
-            f"p95 {self.latency_p95_ms:.0f} ms, speech {self.speech_s:.1f} s, "
+            f"p95 {self.latency_p95_ms:.0f} ms, speech {self.speech_s:.1f} s "
+            f"({self.speaker_windows} windows used), "
             f"reconnects {self.reconnects}{state}"
         )
 
@@ -228,6 +238,12 @@ class LiveReport:
     """Frames the RTSP encoder could not take (more than 2 s behind: CPU starvation)."""
     recorded: Path | None
     """The finished recording, or None (not asked for, or nothing was emitted)."""
+    inpainter: str
+    """The inpainter's ``name``."""
+    speaker_windows: int
+    """Speech windows handed to the speaker sink (0 without one, or without speech)."""
+    faces_reused: int
+    """Faces shown from the reuse cache instead of being sent to the inpainter."""
 
     @property
     def fps_out(self) -> float:
@@ -344,6 +360,7 @@ class _Counters:
         self.passed_through = 0
         self.dropped = 0
         self.reconnects = 0
+        self.speaker_windows = 0
         self.connected = False
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=100_000)
         self.interval_latencies_ms: list[float] = []
@@ -794,6 +811,52 @@ class LiveRecorder:
         return self.path
 
 
+# --- the speaker sink ---------------------------------------------------------------------
+
+
+class _SpeakerFeed:
+    """Hands speech windows to the speaker sink from its own thread.
+
+    The sink (e.g. ``ModelInpainter.use_speech``: a speaker embedding plus the speaker graph)
+    can take longer than a frame; run in the worker it would hold frames back past their
+    deadline, run in the restorer it would make frames miss theirs. Only the newest waiting
+    window is kept: an older one would only describe the voice less recently."""
+
+    _POLL_S = 0.1
+
+    def __init__(
+        self,
+        sink: Callable[[SpeechWindow], None],
+        counters: _Counters,
+        stop: threading.Event,
+    ) -> None:
+        self._sink = sink
+        self._counters = counters
+        self._stop = stop
+        self._cond = threading.Condition()
+        self._next: SpeechWindow | None = None
+
+    def offer(self, window: SpeechWindow) -> None:
+        """Queue ``window`` for the sink, replacing one not yet handed over."""
+        with self._cond:
+            self._next = window
+            self._cond.notify()
+
+    def run(self) -> None:
+        """Feed the sink until stop is set; the sink's exceptions end the session."""
+        while True:
+            with self._cond:
+                while self._next is None and not self._stop.is_set():
+                    self._cond.wait(self._POLL_S)
+                if self._stop.is_set():
+                    return
+                window, self._next = self._next, None
+            assert window is not None
+            self._sink(window)
+            with self._counters.lock:
+                self._counters.speaker_windows += 1
+
+
 # --- the session --------------------------------------------------------------------------
 
 
@@ -810,7 +873,12 @@ class LiveSession:
     ``start`` binds the RTSP server (if serving) and starts the threads; ``wait`` blocks until
     the source ends or ``stop`` is called; leaving the context (or ``close``) stops everything,
     finalises the recording and returns the ``LiveReport``. ``on_frame`` is called from the
-    worker thread for every emitted frame (keep it quick)."""
+    worker thread for every emitted frame (keep it quick).
+
+    ``speaker_sink`` (for audio-driven inpainters, e.g. ``ModelInpainter.use_speech``, as in
+    ``process_file``) receives each new speech window of the source audio, about once a
+    second once 2 s of speech have been heard, from a thread of its own: restoration goes on
+    meanwhile with the previous speaker. Nothing is fed when ``options.speaker`` is off."""
 
     def __init__(
         self,
@@ -821,6 +889,7 @@ class LiveSession:
         options: LiveOptions | None = None,
         *,
         on_frame: Callable[[EmittedFrame], None] | None = None,
+        speaker_sink: Callable[[SpeechWindow], None] | None = None,
     ) -> None:
         self.options = options or LiveOptions()
         if not is_url(source) and not Path(source).is_file():
@@ -848,7 +917,15 @@ class LiveSession:
         )
         self._analyser: FaceAnalyser | None = None
         self._analyser_segment = 0
+        self._reuse: ReuseCache | None = None
+        self._faces_reused = 0
+        """Reuses counted by caches of earlier connections."""
         self._speaker = SpeakerWindow(SileroVad()) if self.options.speaker else None
+        self._speaker_feed = (
+            _SpeakerFeed(speaker_sink, self._counters, self._stop)
+            if speaker_sink is not None and self._speaker is not None
+            else None
+        )
         self._speech: SpeechWindow | None = None
         self._speech_lock = threading.Lock()
         self._started_s = 0.0
@@ -889,6 +966,8 @@ class LiveSession:
         reader = _SourceReader(self.source, self.options, self._inbox, self._counters, self._stop)
         self._spawn("read", reader.run)
         self._spawn("live", self._work)
+        if self._speaker_feed is not None:
+            self._spawn("speaker", self._speaker_feed.run)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         def run() -> None:
@@ -917,6 +996,11 @@ class LiveSession:
     def feed(self) -> RtspFeed | None:
         """The RTSP mount, once the first frame has set its format."""
         return self._feed
+
+    @property
+    def inpainter_name(self) -> str:
+        """The inpainter's ``name`` (what the stats and the report say restored the faces)."""
+        return self._inpainter.name
 
     @property
     def speaker_window(self) -> SpeechWindow | None:
@@ -983,6 +1067,8 @@ class LiveSession:
                 latency_p50_ms=_percentile(latencies, 50),
                 latency_p95_ms=_percentile(latencies, 95),
                 speech_s=self._speaker.speech_s if self._speaker is not None else 0.0,
+                inpainter=self.inpainter_name,
+                speaker_windows=c.speaker_windows,
             )
             c.interval_latencies_ms = []
             c.interval_in = c.interval_out = 0
@@ -1008,6 +1094,9 @@ class LiveSession:
                 served_url=self.served_url,
                 frames_not_served=self._feed.frames_overflowed if self._feed else 0,
                 recorded=recorded,
+                inpainter=self.inpainter_name,
+                speaker_windows=c.speaker_windows,
+                faces_reused=self._faces_reused + (self._reuse.reused if self._reuse else 0),
             )
 
     # the worker ----------------------------------------------------------------------------
@@ -1055,11 +1144,18 @@ class LiveSession:
     def _restore(self, item: _VideoItem) -> _Restored:
         started = time.perf_counter()
         if self._analyser is None or self._analyser_segment != item.segment.number:
-            # A new connection may show another scene: start tracking afresh.
+            # A new connection may show another scene: start tracking afresh. Track ids
+            # start over too, so the reuse cache must not match them to old crops.
             self._analyser = FaceAnalyser(self.options.detector, self.options.tracker)
             self._analyser_segment = item.segment.number
+            if self._reuse is not None:
+                self._faces_reused += self._reuse.reused
+            reuse = self.options.reuse
+            self._reuse = ReuseCache(reuse) if reuse is not None else None
         work = self._analyser.analyse(item.frame)
-        result = restore_frame(work, self._inpainter, self._occlusion, self.options.feather_px)
+        result = restore_frame(
+            work, self._inpainter, self._occlusion, self.options.feather_px, self._reuse
+        )
         return _Restored(
             image=result.frame.image,
             faces=len(result.faces),
@@ -1124,6 +1220,8 @@ class LiveSession:
                 with self._speech_lock:
                     self._speech = window
                 if window is not None:
+                    if self._speaker_feed is not None:
+                        self._speaker_feed.offer(window)
                     log.info(
                         "speaker window %.1f-%.1f s: %.1f s of speech (%.0f%% voiced)",
                         window.start_s,
@@ -1169,13 +1267,15 @@ def run_live(
     *,
     on_start: Callable[[LiveSession], None] | None = None,
     on_stats: Callable[[LiveStats], None] | None = None,
+    speaker_sink: Callable[[SpeechWindow], None] | None = None,
 ) -> LiveReport:
     """Run a live session until the source ends (a file) or Ctrl-C / SIGTERM
     (``KeyboardInterrupt``), which ends it cleanly: the recording is finalised either way.
 
     ``on_start`` is called once the server is bound; ``on_stats`` every
-    ``options.stats_interval_s``."""
-    session = LiveSession(source, inpainter, occlusion, outputs, options)
+    ``options.stats_interval_s``; ``speaker_sink`` with each new speech window (see
+    ``LiveSession``)."""
+    session = LiveSession(source, inpainter, occlusion, outputs, options, speaker_sink=speaker_sink)
     interval_s = session.options.stats_interval_s
     with session:
         if on_start is not None:

@@ -5,6 +5,10 @@ memory before and after the run (a leak shows as growth that does not level off)
 
     python bench/service.py                      # 4 clients x 500 frames, 2 workers
     python bench/service.py --face --frames 100  # real restoration work per frame
+    python -m bench.service --face --frames 50 --inpainter model  # the lite model per worker
+
+With the model, run it with ``-m``: as a script, ``bench/`` comes first on ``sys.path`` (also
+in the spawned workers) and ``bench/engines.py`` hides the ``engines`` package.
 """
 
 from __future__ import annotations
@@ -56,10 +60,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--face", action="store_true", help="frames with a face to restore")
+    parser.add_argument(
+        "--inpainter",
+        choices=["telea", "ns", "model"],
+        default="telea",
+        help="model: every worker holds the shipped lite model (onnxruntime, one thread)",
+    )
+    parser.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="regenerate every face (the repeated test frame would otherwise be reused)",
+    )
     args = parser.parse_args(argv)
 
     from stream.client import FrameClient
-    from stream.service import serve
+    from stream.service import ModelOpener, serve
+
+    open_model: ModelOpener | None = None
+    if args.inpainter == "model":
+        import functools
+
+        from engines.cli import open_model_inpainter
+
+        model_args = argparse.Namespace(
+            model="lite", backend="onnxruntime", precision="auto", max_batch=8, engine_cache=None
+        )
+        open_model = functools.partial(open_model_inpainter, model_args, 1)
+    stream_options: dict[str, Any] = {"inpainter": args.inpainter, "reuse": not args.no_reuse}
 
     image = _frame(args.face, args.width, args.height)
     stop, ready = threading.Event(), threading.Event()
@@ -72,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     server = threading.Thread(
         target=serve,
         args=("tcp://127.0.0.1:*",),
-        kwargs={"workers": args.workers, "should_stop": stop.is_set, "on_ready": on_ready},
+        kwargs={
+            "workers": args.workers,
+            "open_model": open_model,
+            "inpainter": args.inpainter,
+            "should_stop": stop.is_set,
+            "on_ready": on_ready,
+        },
         daemon=True,
     )
     server.start()
@@ -81,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     with FrameClient(endpoint[0]) as probe:
         pids = list(probe.stats()["workers"].values())
         # one warm-up stream so model/detector start-up is not counted as a leak
-        probe.open_stream("warmup")
+        probe.open_stream("warmup", **stream_options)
         probe.restore("warmup", image)
         probe.close_stream("warmup")
     rss_before = {pid: _rss_mb(pid) for pid in pids}
@@ -90,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     def client(index: int) -> None:
         latencies, errors = [], 0
         with FrameClient(endpoint[0], timeout_s=60) as c:
-            c.open_stream(f"bench{index}")
+            c.open_stream(f"bench{index}", **stream_options)
             for i in range(args.frames):
                 start = time.perf_counter()
                 try:
@@ -120,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 "frames_per_client": args.frames,
                 "workers": args.workers,
                 "frame": f"{args.width}x{args.height} {'face' if args.face else 'no face'}",
+                "inpainter": args.inpainter,
+                "reuse": not args.no_reuse,
                 "replies": len(ms),
                 "lost_replies": sent - len(ms),
                 "errors": sum(e for _, e in results.values()),

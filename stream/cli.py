@@ -415,6 +415,24 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     serve.add_argument("--max-streams", type=int, default=64)
     serve.add_argument("--max-frame-mb", type=float, default=32.0)
     serve.add_argument("--idle-timeout-s", type=float, default=60.0)
+    serve.add_argument(
+        "--inpainter",
+        choices=["auto", "model", "telea", "ns"],
+        default="auto",
+        help="what a stream restores with unless its 'open' says: model: the audio-driven "
+        "network (--model, --backend; each worker holds one, and each stream is heard through "
+        "its own 'audio' messages); telea/ns: OpenCV baselines, and no model is loaded; auto: "
+        "the model when its weights are installed, else telea (default: auto)",
+    )
+    serve.add_argument(
+        "--model-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="onnxruntime threads for each worker's model, 0 = onnxruntime's default; with "
+        "several workers, about cores / workers (default: 0)",
+    )
+    add_backend_arguments(serve)
     keygen = sub.add_parser(
         "keygen",
         help="make CURVE keys for serve --curve-keys",
@@ -428,13 +446,19 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    import functools
+
     from stream.protocol import Limits
-    from stream.service import CurveKeys, is_loopback, serve
+    from stream.service import CurveKeys, InpainterChoice, ModelOpener, is_loopback, serve
 
     if args.workers < 0 or args.max_streams < 1 or args.max_frame_mb <= 0:
         raise UsageError("--workers >= 0, --max-streams >= 1 and --max-frame-mb > 0 are required")
     if args.idle_timeout_s <= 0:
         raise UsageError("--idle-timeout-s must be positive")
+    if args.model_threads < 0:
+        raise UsageError(f"--model-threads must be >= 0, got {args.model_threads}")
+    if args.max_batch < 1:  # checked again in the workers, where it could only fail the start
+        raise UsageError(f"--max-batch must be >= 1, got {args.max_batch}")
     if not is_loopback(args.bind) and args.curve_keys is None and not args.allow_insecure_remote:
         raise UsageError(
             f"{args.bind} is reachable from other machines; add --curve-keys DIR "
@@ -449,15 +473,40 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_streams=args.max_streams,
         idle_timeout_s=args.idle_timeout_s,
     )
+    open_model: ModelOpener | None = None
+    inpainter: InpainterChoice = "ns" if args.inpainter == "ns" else "telea"
+    if _wants_model(args):
+        # Each worker process opens its own model with this (spawned workers get it pickled,
+        # hence a partial over plain values rather than a closure).
+        model_args = argparse.Namespace(
+            model=args.model,
+            backend=args.backend,
+            precision=args.precision,
+            max_batch=args.max_batch,
+            engine_cache=args.engine_cache,
+        )
+        open_model = functools.partial(open_model_inpainter, model_args, args.model_threads)
+        inpainter = "model"
 
     def ready(endpoint: str) -> None:
         auth = "CURVE" if curve else "no authentication"
+        model = f" {args.model} on {args.backend}" if inpainter == "model" else ""
         print(
-            f"avstream serve: listening on {endpoint} ({args.workers} workers, {auth})", flush=True
+            f"avstream serve: listening on {endpoint} ({args.workers} workers, {auth}, "
+            f"streams restore with {inpainter}{model} by default)",
+            flush=True,
         )
 
     try:
-        serve(args.bind, workers=args.workers, limits=limits, curve=curve, on_ready=ready)
+        serve(
+            args.bind,
+            workers=args.workers,
+            limits=limits,
+            curve=curve,
+            open_model=open_model,
+            inpainter=inpainter,
+            on_ready=ready,
+        )
     except KeyboardInterrupt:
         print("avstream serve: stopped", file=sys.stderr)
     return EXIT_OK

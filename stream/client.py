@@ -39,6 +39,9 @@ class Restored:
     faces: list[dict[str, Any]]
     timings_ms: dict[str, float]
     seq: int
+    speaker_windows: int = 0
+    """Speaker windows the stream's audio has given the model so far (0 before 2 s of speech,
+    for OpenCV streams, and from services that predate the field)."""
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,9 @@ class FrameClient:
             return reply, parts[1] if len(parts) > 1 else b""
 
     def open_stream(self, stream: str, **options: Any) -> dict[str, Any]:
-        """Open a stream; ``options``: mask_box=[x, y, w, h], inpainter, detect_every,
-        feather_px, jpeg_quality."""
+        """Open a stream; ``options``: mask_box=[x, y, w, h], inpainter ("model", "telea" or
+        "ns"; default: the service's), reuse, detect_every, feather_px, jpeg_quality. The reply
+        says which ``inpainter`` the stream got."""
         reply, _ = self.request({"type": "open", "stream": stream, "options": options})
         self._streams[stream] = options
         return reply
@@ -160,25 +164,21 @@ class FrameClient:
             contiguous = np.ascontiguousarray(image, dtype=np.uint8)
             header.update(encoding="raw", shape=list(contiguous.shape), dtype="uint8")
             payload = contiguous.tobytes()
-        try:
-            reply, body = self.request(header, payload)
-        except ServiceError as exc:
-            lost = exc.code in (ErrorCode.UNKNOWN_STREAM, ErrorCode.WORKER_LOST)
-            if not lost or stream not in self._streams:
-                raise
-            self.open_stream(stream, **self._streams[stream])
-            reply, body = self.request(header, payload)
+        reply, body = self._stream_request(stream, header, payload)
         return Restored(
             image=_decode_reply_image(reply, body),
             faces=list(reply.get("faces", [])),
             timings_ms=dict(reply.get("timings_ms", {})),
             seq=int(reply["seq"]),
+            speaker_windows=int(reply.get("speaker_windows", 0)),
         )
 
     def send_audio(
         self, stream: str, samples_16k: npt.NDArray[np.float32], *, time_s: float | None = None
-    ) -> None:
-        """Send mono 16 kHz float32 speech for the stream's speaker state."""
+    ) -> dict[str, Any]:
+        """Send mono 16 kHz float32 audio of the stream, in time order, up to the time of the
+        next frame: a ``model`` stream hears the speaker's voice in it. Returns the
+        ``audio_ack`` reply (``samples``, ``speech_s``, ``speaker_windows``)."""
         header: dict[str, Any] = {
             "type": "audio",
             "stream": stream,
@@ -187,7 +187,23 @@ class FrameClient:
         }
         if time_s is not None:
             header["time_s"] = time_s
-        self.request(header, np.ascontiguousarray(samples_16k, dtype="<f4").tobytes())
+        payload = np.ascontiguousarray(samples_16k, dtype="<f4").tobytes()
+        reply, _ = self._stream_request(stream, header, payload)
+        return reply
+
+    def _stream_request(
+        self, stream: str, header: dict[str, Any], payload: bytes
+    ) -> tuple[dict[str, Any], bytes]:
+        """``request``, re-opening the stream once when the service lost it (a re-opened
+        stream starts afresh: new tracks, and the neutral speaker until it hears speech)."""
+        try:
+            return self.request(header, payload)
+        except ServiceError as exc:
+            lost = exc.code in (ErrorCode.UNKNOWN_STREAM, ErrorCode.WORKER_LOST)
+            if not lost or stream not in self._streams:
+                raise
+            self.open_stream(stream, **self._streams[stream])
+            return self.request(header, payload)
 
     def stats(self) -> dict[str, Any]:
         """The service's counters."""

@@ -13,6 +13,11 @@ outputs; ``inpaint`` runs only the per-face graph, batched across the faces of a
 file pipeline takes it as its speaker sink:
 ``process_file(..., inpainter, ..., speaker_sink=inpainter.use_speech)``.
 
+A caller serving several speakers with one model (the frame service: one voice per stream)
+keeps each speaker's features itself: ``speech_features`` computes them without making them
+current, and ``use_features`` switches to them before that speaker's ``inpaint``, without
+running the speaker graph again.
+
 Until the first window arrives (the start of a clip, before enough speech has been heard)
 faces are restored with a neutral speaker: an all-zero speaker input, which the model
 normalises to a zero embedding for ``ge2e`` and treats as silence for ``wen2019``.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -41,6 +47,15 @@ if TYPE_CHECKING:
 
 NEUTRAL_WINDOW = "neutral"
 """Window key of the neutral speaker used before the first ``set_speaker``."""
+
+
+@dataclass(frozen=True, eq=False)
+class SpeakerFeatures:
+    """The speaker graph's outputs for one speech window, held by the caller (see
+    ``ModelInpainter.speech_features``); ``window`` is its key, e.g. ``(start_s, end_s)``."""
+
+    window: Hashable
+    arrays: SpeakerArrays
 
 
 def crops_to_input(crops: Sequence[Image]) -> Array:
@@ -87,6 +102,7 @@ class ModelInpainter:
         self._speaker_runs = 0
         self._window: Hashable | None = None
         self._features: SpeakerArrays | None = None
+        self._neutral: SpeakerArrays | None = None
 
     @property
     def name(self) -> str:
@@ -111,14 +127,7 @@ class ModelInpainter:
         with self._lock:
             if self._features is not None and window == self._window:
                 return False
-            expected = speaker_input_shape(self._backend.config)
-            if speaker_input.shape != expected:
-                raise ValueError(f"speaker input must be {expected}, got {speaker_input.shape}")
-            features = self._backend.speaker_features(
-                np.ascontiguousarray(speaker_input, dtype=np.float32)
-            )
-            self._speaker_runs += 1
-            self._features, self._window = features, window
+            self._features, self._window = self._run_speaker(speaker_input), window
             return True
 
     def use_speech(self, window: SpeechWindow) -> None:
@@ -128,14 +137,25 @@ class ModelInpainter:
         key = (window.start_s, window.end_s)
         if key == self._window:
             return  # the same window again: nothing to recompute
-        if self._front_end is None:
-            from avinpaint.speaker import speaker_front_end
+        self.set_speaker(self._speaker_input(window), key)
 
-            self._front_end = speaker_front_end(self._backend.config.speaker_encoder)
-        speech = torch.from_numpy(np.ascontiguousarray(window.samples_16k, dtype=np.float32))
-        with torch.inference_mode():
-            speaker_input = self._front_end.speaker_input(speech).numpy()
-        self.set_speaker(speaker_input, key)
+    def speech_features(self, window: SpeechWindow) -> SpeakerFeatures:
+        """The features of the speaker heard in ``window``, keyed by its time span, without
+        making them current: the front end and the speaker graph run once, and
+        ``use_features`` switches to them later at no cost."""
+        speaker_input = self._speaker_input(window)
+        with self._lock:
+            arrays = self._run_speaker(speaker_input)
+        return SpeakerFeatures(window=(window.start_s, window.end_s), arrays=arrays)
+
+    def use_features(self, features: SpeakerFeatures | None) -> None:
+        """Restore the following faces with ``features`` (None: the neutral speaker, whose
+        graph run is made once and kept)."""
+        with self._lock:
+            if features is None:
+                self._features, self._window = self._neutral_features(), NEUTRAL_WINDOW
+            else:
+                self._features, self._window = features.arrays, features.window
 
     def inpaint(self, crops: Sequence[Image], masks: Sequence[Mask]) -> list[InpaintResult]:
         """Restore the covered pixels of each crop; pixels outside its mask come back
@@ -175,11 +195,35 @@ class ModelInpainter:
     ) -> None:
         self.close()
 
+    def _speaker_input(self, window: SpeechWindow) -> Array:
+        if self._front_end is None:
+            from avinpaint.speaker import speaker_front_end
+
+            self._front_end = speaker_front_end(self._backend.config.speaker_encoder)
+        speech = torch.from_numpy(np.ascontiguousarray(window.samples_16k, dtype=np.float32))
+        with torch.inference_mode():
+            return self._front_end.speaker_input(speech).numpy()
+
+    def _run_speaker(self, speaker_input: Array) -> SpeakerArrays:
+        # Called with the lock held.
+        expected = speaker_input_shape(self._backend.config)
+        if speaker_input.shape != expected:
+            raise ValueError(f"speaker input must be {expected}, got {speaker_input.shape}")
+        features = self._backend.speaker_features(
+            np.ascontiguousarray(speaker_input, dtype=np.float32)
+        )
+        self._speaker_runs += 1
+        return features
+
+    def _neutral_features(self) -> SpeakerArrays:
+        # Called with the lock held.
+        if self._neutral is None:
+            neutral = np.zeros(speaker_input_shape(self._backend.config), dtype=np.float32)
+            self._neutral = self._run_speaker(neutral)
+        return self._neutral
+
     def _current_features(self) -> SpeakerArrays:
         # Called with the lock held.
         if self._features is None:
-            neutral = np.zeros(speaker_input_shape(self._backend.config), dtype=np.float32)
-            self._features = self._backend.speaker_features(neutral)
-            self._window = NEUTRAL_WINDOW
-            self._speaker_runs += 1
+            self._features, self._window = self._neutral_features(), NEUTRAL_WINDOW
         return self._features

@@ -6,6 +6,12 @@ ROUTER socket, in-process (``workers=0``) or as a broker in front of worker proc
 (the standard ROUTER/ROUTER load-balancing pattern, with each stream pinned to one worker
 because tracking is stateful). A worker that dies costs only its in-flight requests: they
 get ``worker_lost`` replies, its streams must be re-opened, and a new worker replaces it.
+
+With a model (``serve(..., open_model=...)``) every worker process opens one
+``ModelInpainter`` when it starts and closes it when it stops; all streams of that worker
+share it. The voice is per stream: each stream's ``audio`` feeds its own speech window
+(VAD), each new window becomes that stream's speaker features, and the service switches the
+model to a stream's features before restoring that stream's frames.
 """
 
 from __future__ import annotations
@@ -21,14 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from stream.detect import DetectorOptions
-from stream.inpaint import OpenCVInpainter
+from stream.errors import AvstreamError
+from stream.inpaint import Inpainter, OpenCVInpainter
 from stream.occlusion import FixedRegion
 from stream.protocol import (
     ErrorCode,
@@ -45,26 +52,49 @@ from stream.protocol import (
     reply,
 )
 from stream.region import box_mask, parse_box
-from stream.restore import FaceAnalyser, restore_frame
+from stream.restore import FaceAnalyser, ReuseCache, ReuseOptions, restore_frame
 from stream.track import TrackerOptions
-from stream.types import AudioChunk, VideoFrame
+from stream.types import AudioChunk, Mask, VideoFrame
+
+if TYPE_CHECKING:
+    from stream.model_inpainter import ModelInpainter, SpeakerFeatures
+    from stream.speaker import SpeakerWindow
 
 log = logging.getLogger(__name__)
 
 Message = list[bytes]
+
+InpainterChoice = Literal["model", "telea", "ns"]
+"""The ``inpainter`` stream option: the audio-driven network or an OpenCV baseline."""
+
+INPAINTER_CHOICES: tuple[InpainterChoice, ...] = get_args(InpainterChoice)
+
+ModelOpener = Callable[[], "ModelInpainter"]
+"""Opens the model a worker holds, e.g. ``functools.partial(open_model_inpainter, args)``.
+Worker processes are spawned, so it must pickle: a module-level function or a partial of one."""
+
+
+class ServiceStartError(AvstreamError):
+    """A worker could not start (its model failed to open): the service stops."""
 
 
 @dataclass
 class _Session:
     analyser: FaceAnalyser
     region: FixedRegion
-    inpainter: OpenCVInpainter
+    method: InpainterChoice
+    inpainter: Inpainter
     feather_px: float
     jpeg_quality: int
     last_seen_s: float
+    reuse: ReuseCache | None
     frames: int = 0
     audio_samples: int = 0
-    audio: deque[AudioChunk] = field(default_factory=lambda: deque(maxlen=64))
+    speech: SpeakerWindow | None = None
+    """The stream's rolling window of voiced speech; model streams only, made on first audio."""
+    speaker: SpeakerFeatures | None = None
+    """The stream's latest speaker features; None: the model's neutral speaker."""
+    speaker_windows: int = 0
 
 
 @dataclass
@@ -75,14 +105,34 @@ class ServiceStats:
     frames: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     expired_streams: int = 0
+    speaker_windows: int = 0
 
 
 class FrameService:
-    """Per-client streams and their restoration state; ``handle`` maps a request to a reply."""
+    """Per-client streams and their restoration state; ``handle`` maps a request to a reply.
 
-    def __init__(self, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic):
+    ``model`` (owned by the caller, who closes it) is shared by every stream that restores
+    with ``inpainter: model``; ``default_inpainter`` is what a stream gets when its ``open``
+    does not say (default: ``model`` when there is one, else ``telea``)."""
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        model: ModelInpainter | None = None,
+        default_inpainter: InpainterChoice | None = None,
+    ) -> None:
+        if default_inpainter is None:
+            default_inpainter = "model" if model is not None else "telea"
+        if default_inpainter not in INPAINTER_CHOICES:
+            raise ValueError(f"default_inpainter must be one of {INPAINTER_CHOICES}")
+        if default_inpainter == "model" and model is None:
+            raise ValueError("default_inpainter 'model' needs a model")
         self.limits = limits or Limits()
         self._clock = clock
+        self._model = model
+        self.default_inpainter: InpainterChoice = default_inpainter
         self._sessions: dict[tuple[bytes, str], _Session] = {}
         self.stats = ServiceStats()
 
@@ -141,12 +191,45 @@ class FrameService:
             del self._sessions[key]
             return [reply("closed", header, frames=session.frames), b""]
         if kind == "audio":
-            samples = decode_audio(header, payload, self.limits)
-            start_s = header.get("time_s", session.audio_samples / 16_000)
-            session.audio.append(AudioChunk(pts_s=float(start_s), samples_16k=samples))
-            session.audio_samples += len(samples)
-            return [reply("audio_ack", header, samples=len(samples)), b""]
+            return [self._audio(session, header, payload), b""]
         return self._frame(session, header, payload)
+
+    def _audio(self, session: _Session, header: dict[str, Any], payload: bytes) -> bytes:
+        samples = decode_audio(header, payload, self.limits)
+        time_s = pts_seconds(header)
+        # Without a time, chunks are taken to follow each other with no gap.
+        start_s = time_s if time_s is not None else session.audio_samples / _AUDIO_RATE_HZ
+        session.audio_samples += len(samples)
+        # Only the model hears the voice; OpenCV streams just acknowledge their audio.
+        if session.method == "model" and len(samples):
+            self._hear(session, AudioChunk(pts_s=start_s, samples_16k=samples))
+        return reply(
+            "audio_ack",
+            header,
+            samples=len(samples),
+            speech_s=round(session.speech.speech_s, 3) if session.speech is not None else 0.0,
+            speaker_windows=session.speaker_windows,
+        )
+
+    def _hear(self, session: _Session, chunk: AudioChunk) -> None:
+        """Feed the stream's speech window; when a new window is due, turn it into the
+        stream's speaker features (the model's current speaker is left alone: each stream's
+        frames switch to their own features in ``_frame``)."""
+        assert self._model is not None
+        if session.speech is None:
+            # Imported here: the VAD pulls in torch, which OpenCV-only services never need.
+            from stream.speaker import SileroVad, SpeakerWindow
+
+            session.speech = SpeakerWindow(SileroVad())
+        session.speech.push(chunk)
+        if not session.speech.due():
+            return
+        window = session.speech.take()
+        if window is None:
+            return
+        session.speaker = self._model.speech_features(window)
+        session.speaker_windows += 1
+        self.stats.speaker_windows += 1
 
     def _open(self, key: tuple[bytes, str], header: dict[str, Any]) -> bytes:
         if key in self._sessions:
@@ -159,8 +242,53 @@ class FrameService:
         options = header.get("options", {})
         if not isinstance(options, dict):
             raise ProtocolError(ErrorCode.BAD_OPTION, "'options' must be an object")
-        self._sessions[key] = _session_from_options(options, self._clock())
-        return reply("opened", header, limits=_limits_json(self.limits))
+        session = self._session_from_options(options)
+        self._sessions[key] = session
+        return reply(
+            "opened",
+            header,
+            limits=_limits_json(self.limits),
+            inpainter=session.method,
+            reuse=session.reuse is not None,
+        )
+
+    def _session_from_options(self, options: dict[str, Any]) -> _Session:
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise ProtocolError(
+                ErrorCode.BAD_OPTION, f"unknown options: {', '.join(sorted(unknown))}"
+            )
+        method = options.get("inpainter", self.default_inpainter)
+        if method not in INPAINTER_CHOICES:
+            raise ProtocolError(
+                ErrorCode.BAD_OPTION,
+                f"bad option: inpainter must be model, telea or ns, got {method!r}",
+            )
+        if method == "model" and self._model is None:
+            raise ProtocolError(
+                ErrorCode.BAD_OPTION,
+                "bad option: this service runs without the model "
+                "(start it with avstream serve --inpainter auto or model)",
+            )
+        settings = _parse_options(options)
+        inpainter: Inpainter
+        if method == "model":
+            assert self._model is not None
+            inpainter = self._model
+        else:
+            inpainter = OpenCVInpainter(method)
+        return _Session(
+            analyser=FaceAnalyser(
+                DetectorOptions(), TrackerOptions(detect_every=settings.detect_every)
+            ),
+            region=FixedRegion(settings.region),
+            method=method,
+            inpainter=inpainter,
+            feather_px=settings.feather_px,
+            jpeg_quality=settings.jpeg_quality,
+            last_seen_s=self._clock(),
+            reuse=ReuseCache(ReuseOptions()) if settings.reuse else None,
+        )
 
     def _frame(self, session: _Session, header: dict[str, Any], payload: bytes) -> Message:
         started = time.perf_counter()
@@ -176,7 +304,13 @@ class FrameService:
         decoded = time.perf_counter()
         faces = session.analyser.analyse(frame)
         tracked = time.perf_counter()
-        restored = restore_frame(faces, session.inpainter, session.region, session.feather_px)
+        if session.method == "model":
+            assert self._model is not None
+            # One model serves every stream of this worker: give it this stream's voice.
+            self._model.use_features(session.speaker)
+        restored = restore_frame(
+            faces, session.inpainter, session.region, session.feather_px, session.reuse
+        )
         inpainted = time.perf_counter()
         encoding = header.get("encoding", "raw")
         body = encode_image(restored.frame.image, encoding, session.jpeg_quality)
@@ -200,6 +334,7 @@ class FrameService:
                     }
                     for f in restored.faces
                 ],
+                speaker_windows=session.speaker_windows,
                 timings_ms={
                     "decode": round((decoded - started) * 1000, 3),
                     "track_align": round((tracked - decoded) * 1000, 3),
@@ -220,6 +355,9 @@ class FrameService:
             frames=self.stats.frames,
             errors=dict(self.stats.errors),
             expired_streams=self.stats.expired_streams,
+            speaker_windows=self.stats.speaker_windows,
+            inpainter=self.default_inpainter,
+            model=self._model.name if self._model is not None else None,
             pid=os.getpid(),
         )
 
@@ -230,17 +368,27 @@ _MS = Fraction(1, 1000)
 _PER_FRAME = Fraction(1, 25)
 
 
-def _session_from_options(options: dict[str, Any], now_s: float) -> _Session:
-    known = {"mask_box", "inpainter", "detect_every", "feather_px", "jpeg_quality"}
-    unknown = set(options) - known
-    if unknown:
-        raise ProtocolError(ErrorCode.BAD_OPTION, f"unknown options: {', '.join(sorted(unknown))}")
+_AUDIO_RATE_HZ = 16_000
+
+_OPTIONS = frozenset(
+    {"mask_box", "inpainter", "detect_every", "feather_px", "jpeg_quality", "reuse"}
+)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    region: Mask
+    detect_every: int
+    feather_px: float
+    jpeg_quality: int
+    reuse: bool
+
+
+def _parse_options(options: dict[str, Any]) -> _Settings:
+    """The stream options other than ``inpainter``, checked."""
     try:
         box = options.get("mask_box")
         region = box_mask(parse_box(",".join(str(v) for v in box)) if box is not None else None)
-        method = options.get("inpainter", "telea")
-        if method not in ("telea", "ns"):
-            raise ValueError(f"inpainter must be telea or ns, got {method!r}")
         detect_every = int_field({"d": options.get("detect_every", 5)}, "d", 1, 1000)
         feather = options.get("feather_px", 6.0)
         if (
@@ -250,18 +398,14 @@ def _session_from_options(options: dict[str, Any], now_s: float) -> _Session:
         ):
             raise ValueError("feather_px must be a number in 0..64")
         quality = int_field({"q": options.get("jpeg_quality", 90)}, "q", 1, 100)
+        reuse = options.get("reuse", True)
+        if not isinstance(reuse, bool):
+            raise ValueError("reuse must be true or false")
     except (ValueError, TypeError, ProtocolError) as exc:
         raise ProtocolError(ErrorCode.BAD_OPTION, f"bad option: {exc}") from None
     except Exception as exc:  # e.g. UsageError from parse_box
         raise ProtocolError(ErrorCode.BAD_OPTION, f"bad option: {exc}") from None
-    return _Session(
-        analyser=FaceAnalyser(DetectorOptions(), TrackerOptions(detect_every=detect_every)),
-        region=FixedRegion(region),
-        inpainter=OpenCVInpainter(method),
-        feather_px=float(feather),
-        jpeg_quality=quality,
-        last_seen_s=now_s,
-    )
+    return _Settings(region, detect_every, float(feather), quality, reuse)
 
 
 def _limits_json(limits: Limits) -> dict[str, float]:
@@ -337,14 +481,24 @@ def serve(
     workers: int = 0,
     limits: Limits | None = None,
     curve: CurveKeys | None = None,
+    open_model: ModelOpener | None = None,
+    inpainter: InpainterChoice | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Run the service until ``should_stop()`` is true (checked every 100 ms) or interrupted.
 
     ``workers=0`` handles requests in this process; ``workers=N`` starts N worker processes
-    behind a broker. ``on_ready`` gets the bound endpoint once clients can connect."""
+    behind a broker. ``open_model``: each worker (or this process) opens one model with it at
+    start and closes it at the end; ``inpainter``: the streams' default (default: ``model``
+    with ``open_model``, else ``telea``). ``on_ready`` gets the bound endpoint once clients
+    can connect. Raises ``ServiceStartError`` (or the opener's error in-process) when the
+    model cannot be opened."""
     limits = limits or Limits()
+    if inpainter is None:
+        inpainter = "model" if open_model is not None else "telea"
+    if inpainter == "model" and open_model is None:
+        raise ValueError("inpainter 'model' needs open_model")
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     auth: ThreadAuthenticator | None = None
     try:
@@ -355,9 +509,18 @@ def serve(
         frontend = _frontend(context, bind, limits, curve)
         endpoint = frontend.getsockopt_string(zmq.LAST_ENDPOINT)
         if workers <= 0:
-            _serve_inprocess(frontend, limits, should_stop, on_ready, endpoint)
+            model = open_model() if open_model is not None else None
+            try:
+                service = FrameService(limits, model=model, default_inpainter=inpainter)
+                _serve_inprocess(frontend, service, should_stop, on_ready, endpoint)
+            finally:
+                if model is not None:
+                    model.close()
         else:
-            _Broker(context, frontend, workers, limits).run(should_stop, on_ready, endpoint)
+            broker = _Broker(
+                context, frontend, workers, _WorkerSetup(limits, inpainter, open_model)
+            )
+            broker.run(should_stop, on_ready, endpoint)
     finally:
         if auth is not None:
             auth.stop()
@@ -366,12 +529,11 @@ def serve(
 
 def _serve_inprocess(
     frontend: zmq.Socket[bytes],
-    limits: Limits,
+    service: FrameService,
     should_stop: Callable[[], bool],
     on_ready: Callable[[str], None] | None,
     endpoint: str,
 ) -> None:
-    service = FrameService(limits)
     poller = zmq.Poller()
     poller.register(frontend, zmq.POLLIN)
     if on_ready is not None:
@@ -387,8 +549,18 @@ def _serve_inprocess(
             last_sweep = time.monotonic()
 
 
-def _worker_main(backend: str, identity: bytes, limits: Limits) -> None:
-    """A worker process: one ``FrameService`` behind a DEALER connected to the broker."""
+@dataclass(frozen=True)
+class _WorkerSetup:
+    """What every worker process is started with (pickled into it)."""
+
+    limits: Limits
+    inpainter: InpainterChoice
+    open_model: ModelOpener | None
+
+
+def _worker_main(backend: str, identity: bytes, setup: _WorkerSetup) -> None:
+    """A worker process: one ``FrameService`` (and one model, opened here once and shared by
+    all its streams) behind a DEALER connected to the broker."""
     import cv2
 
     cv2.setNumThreads(1)
@@ -397,23 +569,39 @@ def _worker_main(backend: str, identity: bytes, limits: Limits) -> None:
     socket.setsockopt(zmq.IDENTITY, identity)
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(backend)
-    socket.send_multipart([b"READY"])
-    service = FrameService(limits)
-    poller = zmq.Poller()
-    poller.register(socket, zmq.POLLIN)
+    model: ModelInpainter | None = None
     try:
-        while True:
-            if poller.poll(1000):
-                parts = socket.recv_multipart()
-                if parts == [b"STOP"]:
-                    return
-                client, message = parts[0], parts[1:]
-                socket.send_multipart([client, *service.handle(client, message)])
-            service.expire_idle()
+        if setup.open_model is not None:
+            try:
+                model = setup.open_model()
+            except Exception as exc:  # reported to the broker, which stops the service
+                socket.send_multipart([b"FAILED", str(exc).encode("utf-8", "replace")])
+                # LINGER 0 would drop the report when the context is destroyed below.
+                socket.close(linger=5000)
+                return
+        socket.send_multipart([b"READY"])
+        _worker_loop(
+            socket, FrameService(setup.limits, model=model, default_inpainter=setup.inpainter)
+        )
     except KeyboardInterrupt:
         return
     finally:
+        if model is not None:
+            model.close()
         context.destroy(linger=0)
+
+
+def _worker_loop(socket: zmq.Socket[bytes], service: FrameService) -> None:
+    poller = zmq.Poller()
+    poller.register(socket, zmq.POLLIN)
+    while True:
+        if poller.poll(1000):
+            parts = socket.recv_multipart()
+            if parts == [b"STOP"]:
+                return
+            client, message = parts[0], parts[1:]
+            socket.send_multipart([client, *service.handle(client, message)])
+        service.expire_idle()
 
 
 @dataclass
@@ -432,10 +620,10 @@ class _Broker:
         context: zmq.Context[zmq.Socket[bytes]],
         frontend: zmq.Socket[bytes],
         workers: int,
-        limits: Limits,
+        setup: _WorkerSetup,
     ) -> None:
         self._frontend = frontend
-        self._limits = limits
+        self._setup = setup
         self._backend = context.socket(zmq.ROUTER)
         self._backend.setsockopt(zmq.LINGER, 0)
         self._backend_endpoint = f"ipc:///tmp/avstream-{uuid.uuid4().hex}.sock"
@@ -454,7 +642,7 @@ class _Broker:
         self._next += 1
         process = self._mp.Process(
             target=_worker_main,
-            args=(self._backend_endpoint, identity, self._limits),
+            args=(self._backend_endpoint, identity, self._setup),
             daemon=True,
         )
         process.start()
@@ -491,6 +679,11 @@ class _Broker:
 
     def _from_worker(self, parts: list[bytes]) -> None:
         identity, rest = parts[0], parts[1:]
+        if rest[:1] == [b"FAILED"]:
+            # Checked before the lookup: ``_reap`` may already have replaced the worker, which
+            # exits right after sending this. Its replacement would fail the same way.
+            reason = b"".join(rest[1:]).decode("utf-8", "replace")
+            raise ServiceStartError(f"worker {identity.decode()} could not start: {reason}")
         worker = self._workers.get(identity)
         if worker is None:
             return
@@ -559,6 +752,7 @@ class _Broker:
             in_flight=sum(len(w.in_flight) for w in self._workers.values()),
             worker_restarts=self.restarts,
             worker_lost_replies=self.worker_lost_replies,
+            inpainter=self._setup.inpainter,
         )
 
     def _stop_workers(self) -> None:

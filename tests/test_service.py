@@ -421,8 +421,11 @@ def test_serve_command_and_the_example_client(make_clip: Any, tmp_path: Path) ->
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     endpoint = f"tcp://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "stream.cli", "serve", "--bind", endpoint, "--workers", "1"]
+    # telea: the OpenCV path, with no model to load (test_service_model.py runs the model).
+    command += ["--inpainter", "telea"]
     server = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "serve", "--bind", endpoint, "--workers", "1"],
+        command,
         stdout=subprocess.PIPE,
         text=True,
     )

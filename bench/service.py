@@ -83,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         from engines.cli import open_model_inpainter
 
         model_args = argparse.Namespace(
-            model="lite", backend="onnxruntime", precision="auto", max_batch=8, engine_cache=None
+            model="lite",
+            backend="onnxruntime",
+            precision="auto",
+            max_batch=8,
+            engine_cache=None,
+            no_blend=False,
         )
         open_model = functools.partial(open_model_inpainter, model_args, 1)
     stream_options: dict[str, Any] = {"inpainter": args.inpainter, "reuse": not args.no_reuse}

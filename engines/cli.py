@@ -35,7 +35,8 @@ BACKEND_CHOICES: tuple[str, ...] = (
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--backend``, ``--precision``, ``--max-batch``, ``--engine-cache``."""
+    """``--model``, ``--backend``, ``--no-blend``, ``--precision``, ``--max-batch``,
+    ``--engine-cache``."""
     group = parser.add_argument_group("model and backend")
     group.add_argument(
         "--model",
@@ -49,6 +50,12 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="runtime: auto tries tensorrt, onnxruntime (TensorRT, CUDA, CPU), torch in that "
         "order and logs why each is skipped (-v) (default: auto)",
+    )
+    group.add_argument(
+        "--no-blend",
+        action="store_true",
+        help="composite the network's fill as is, without Poisson-blending it into the "
+        "visible face (faster; shows the fill's colour cast and seam)",
     )
     group.add_argument(
         "--precision",
@@ -98,7 +105,7 @@ def open_model_inpainter(args: argparse.Namespace, threads: int = 0) -> ModelInp
         selection = select_backend(args.backend, model, options)
     except BackendError as exc:
         raise AvstreamError(str(exc)) from exc
-    return ModelInpainter(selection.backend, max_batch=options.max_batch)
+    return ModelInpainter(selection.backend, max_batch=options.max_batch, blend=not args.no_blend)
 
 
 def add_engines_subparser(

@@ -15,7 +15,8 @@ encoder, GE2E for ``lite``) on the readers' speech, with long silences trimmed.
 Figure: row 1 = masked input | female voice | male voice | no voice | ground truth;
 row 2 = the audio faces (the network's voice-only face) under the three voice columns.
 The mean absolute difference between the female and male restorations inside the hole is
-printed (0 would mean the voice changes nothing).
+printed (0 would mean the voice changes nothing). The fills are Poisson-blended into the face
+as ``avstream`` does (``stream.blend``; ``--no-blend`` shows the network's composite).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from avinpaint.ge2e import preprocess_wav
 from avinpaint.model import Generator
 from avinpaint.speaker import speaker_front_end
 from stream.audio import read_audio_16k
+from stream.blend import poisson_blend
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LIBRISPEECH = ROOT.parent / "shared" / "data" / "speech" / "librispeech"
@@ -194,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("X0", "Y0", "X1", "Y1"),
         help="covered box in crop pixels (default: nose, mouth and chin)",
     )
+    parser.add_argument(
+        "--no-blend",
+        action="store_true",
+        help="show the network's composite without the Poisson blending avstream applies",
+    )
     parser.add_argument("-o", "--output", type=Path, default=Path("swap_voices.png"))
     args = parser.parse_args(argv)
 
@@ -238,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     audio_faces: list[Image] = []
     for speaker_input in inputs.values():
         out, audio_face = restore(model, face, mask, speaker_input)
+        if not args.no_blend:
+            out = poisson_blend(out, bgr, mask_np)
         restored.append(out)
         audio_faces.append(audio_face)
 

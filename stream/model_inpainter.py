@@ -38,6 +38,7 @@ import torch
 
 from engines.backends import Array, Backend, SpeakerArrays
 from engines.export import speaker_input_shape
+from stream.blend import poisson_blend
 from stream.inpaint import check_batch
 from stream.speaker import SpeechWindow
 from stream.types import Image, InpaintResult, Mask
@@ -83,6 +84,8 @@ class ModelInpainter:
     """``Inpainter`` running the inpainting network through ``backend``.
 
     ``max_batch`` caps the faces per backend call (also capped by the backend's own limit).
+    ``blend``: Poisson-blend each fill into the visible face (``stream.blend``), which removes
+    the fill's colour cast and seam; off gives the network's composite as is.
     ``front_end`` turns speech into the model's speaker input for ``use_speech``; by default
     the one the model's config names (``avinpaint.speaker``), made on first use.
     Thread-safe: ``set_speaker`` may be called from the audio thread while another thread
@@ -90,12 +93,17 @@ class ModelInpainter:
     """
 
     def __init__(
-        self, backend: Backend, max_batch: int = 8, front_end: SpeakerFrontEnd | None = None
+        self,
+        backend: Backend,
+        max_batch: int = 8,
+        front_end: SpeakerFrontEnd | None = None,
+        blend: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._backend = backend
         self._front_end = front_end
+        self._blend = blend
         limit = backend.max_batch
         self._max_batch = max_batch if limit is None else min(max_batch, limit)
         self._lock = threading.Lock()
@@ -173,6 +181,11 @@ class ModelInpainter:
                     crops_to_input(crops[chunk]), masks_to_input(masks[chunk]), features
                 )
                 faces = output_to_crops(out.inpainted)
+                if self._blend:
+                    faces = [
+                        poisson_blend(face, crop, mask)
+                        for face, crop, mask in zip(faces, crops[chunk], masks[chunk], strict=True)
+                    ]
                 per_face_ms = (time.perf_counter() - began) * 1000.0 / len(faces)
                 results.extend(
                     InpaintResult(face_256=face, backend=self.name, latency_ms=per_face_ms)

@@ -24,6 +24,7 @@ from engines.backends import (
     TorchBackend,
 )
 from engines.export import speaker_input_shape
+from stream.blend import poisson_blend
 from stream.inpaint import Inpainter
 from stream.media import EncodeOptions
 from stream.model_inpainter import (
@@ -165,6 +166,19 @@ def test_known_pixels_come_back_unchanged(lite_model: Generator) -> None:
         assert result.backend == "avinpaint-torch-cpu" and result.latency_ms > 0
         np.testing.assert_array_equal(result.face_256[mask == 0], crop[mask == 0])
         assert np.abs(result.face_256.astype(int) - crop)[mask > 0].mean() > 1.0
+
+
+def test_blend_is_the_poisson_blend_of_the_network_composite(lite_model: Generator) -> None:
+    crops = _crops(2, seed=3)
+    mask = box_mask((40, 120, 170, 120))
+    with ModelInpainter(TorchBackend(lite_model), blend=False) as raw:
+        plain = raw.inpaint(crops, [mask, mask])
+    with ModelInpainter(TorchBackend(lite_model)) as blended:
+        results = blended.inpaint(crops, [mask, mask])
+    for result, composite, crop in zip(results, plain, crops, strict=True):
+        expected = poisson_blend(composite.face_256, crop, mask)
+        np.testing.assert_array_equal(result.face_256, expected)
+        assert not np.array_equal(result.face_256, composite.face_256)
 
 
 class Recording:

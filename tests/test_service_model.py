@@ -302,7 +302,12 @@ def test_serve_in_process_opens_and_closes_its_model(
     lite_cache: Path, speech_frames: list[np.ndarray], speech_chunks: list[AudioChunk]
 ) -> None:
     model_args = argparse.Namespace(
-        model="lite", backend="onnxruntime", precision="auto", max_batch=2, engine_cache=lite_cache
+        model="lite",
+        backend="onnxruntime",
+        precision="auto",
+        max_batch=2,
+        engine_cache=lite_cache,
+        no_blend=False,
     )
     opened: list[ModelInpainter] = []
     closed: list[ModelInpainter] = []

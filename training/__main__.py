@@ -285,6 +285,12 @@ def _add_eval(commands: argparse._SubParsersAction[_Parser]) -> None:
         default="auto",
         help="dlib descriptor and landmark metrics (auto: when the eval extra is installed)",
     )
+    p.add_argument(
+        "--no-blend",
+        action="store_true",
+        help="score the network's composite as is, without the Poisson blending that "
+        "avstream applies to the model's fills",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(run=_run_eval)
@@ -308,6 +314,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             dlib=args.dlib,
             device=args.device,
             progress=not args.no_progress,
+            blend=not args.no_blend,
         )
     )
     print(

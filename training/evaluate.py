@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from avinpaint.checkpoint import load as load_generator
 from avinpaint.model import Generator
+from stream.blend import poisson_blend
 from stream.errors import UsageError
 from stream.inpaint import OpenCVInpainter
 from training.config import HoleKind
@@ -101,7 +102,8 @@ class EvalOptions:
 
     ``model`` is a generator checkpoint path (or a shipped preset name); ``max_faces`` 0
     takes every face, otherwise faces are taken round-robin over identities; ``dlib`` "auto"
-    uses the ``eval`` extra when it is installed."""
+    uses the ``eval`` extra when it is installed; ``blend`` Poisson-blends the model's fills
+    as the video pipeline does (``stream.blend``; off: the network's composite as is)."""
 
     dataset: Path
     model: str
@@ -115,6 +117,7 @@ class EvalOptions:
     dlib: Literal["auto", "on", "off"] = "auto"
     device: str = "cpu"
     progress: bool = True
+    blend: bool = True
 
 
 @dataclass(frozen=True)
@@ -199,12 +202,17 @@ def _run_model(
     masks: Sequence[Mask],
     speaker: npt.NDArray[np.float32],
     device: torch.device,
+    blend: bool,
 ) -> list[ImageU8]:
     face = torch.stack([bgr_to_tensor(c) for c in crops]).to(device)
     mask = torch.from_numpy(np.stack(masks)[:, None]).to(device)
     with torch.no_grad():
         out = model(face, mask, torch.from_numpy(speaker).to(device))
-    return list(tensor_to_bgr(out.inpainted))
+    fills = list(tensor_to_bgr(out.inpainted))
+    if not blend:
+        return fills
+    # poisson_blend never reads the crop's hole pixels (here the ground truth).
+    return [poisson_blend(f, c, m) for f, c, m in zip(fills, crops, masks, strict=True)]
 
 
 def restore_all(
@@ -235,7 +243,7 @@ def restore_all(
             "ours_no_audio": np.stack([speakers.zero() for _ in chunk]),
         }
         for name, speaker in inputs.items():
-            results[name].extend(_run_model(model, crops, masks, speaker, device))
+            results[name].extend(_run_model(model, crops, masks, speaker, device, options.blend))
         bar.update(len(chunk))
     bar.close()
     return results

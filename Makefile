@@ -62,7 +62,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 bench: setup
-	$(BIN)/python bench/process.py
+	$(BIN)/python -m bench.process
 
 # Regenerate tests/data/ge2e_reference_synth.* with resemblyzer itself, in a throwaway venv
 # (never the project's: resemblyzer needs webrtcvad, which imports pkg_resources).

@@ -4,8 +4,12 @@ Prints one JSON object: frames per second, per-stage p50/p95 ms, peak memory, an
 of our wall time to the floor (PyAV transcode with the same encoder settings), all measured in
 the same run, each job in a fresh process, interleaved, medians over ``--runs``.
 
-    python bench/process.py                    # a generated 10 s 640x480 clip
-    python bench/process.py --input clip.mp4 --runs 5
+    python -m bench.process                    # a generated 10 s 640x480 clip, Telea
+    python -m bench.process --input clip.mp4 --runs 5 --inpainter model
+
+``--inpainter model`` runs the shipped ``lite`` network on onnxruntime (one thread, Poisson
+blending on, hearing the file's speech), as ``avstream process`` does by default. Run it with
+``-m``: as a script, ``bench/engines.py`` would shadow the ``engines`` package.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,25 +71,39 @@ def run_floor(source: Path, output: Path) -> dict[str, Any]:
     return {"frames": frames, "wall_s": wall_s, "peak_rss_mb": _peak_rss_mb()}
 
 
-def run_process(source: Path, output: Path) -> dict[str, Any]:
-    """The full avstream pipeline with the OpenCV Telea inpainter on the paper's box."""
+def run_process(source: Path, output: Path, inpainter_name: str) -> dict[str, Any]:
+    """The full avstream pipeline on the paper's box with ``inpainter_name`` (telea or
+    model); the model's start (loading, graph export on first use) is not timed."""
+    import contextlib
+
     import cv2
 
-    from stream.inpaint import OpenCVInpainter
+    from engines.cli import add_backend_arguments, open_model_inpainter
+    from stream.inpaint import Inpainter, OpenCVInpainter
     from stream.media import EncodeOptions
     from stream.occlusion import FixedRegion
     from stream.pipeline import ProcessOptions, process_file
     from stream.region import box_mask
+    from stream.speaker import SpeechWindow
 
     cv2.setNumThreads(1)
     options = ProcessOptions(
         encode=EncodeOptions(crf=CRF, preset=PRESET, threads=1), decode_threads=1
     )
-    start = time.perf_counter()
-    report = process_file(
-        source, output, OpenCVInpainter("telea"), FixedRegion(box_mask()), options
-    )
-    wall_s = time.perf_counter() - start
+    with contextlib.ExitStack() as stack:
+        inpainter: Inpainter = OpenCVInpainter("telea")
+        sink: Callable[[SpeechWindow], None] | None = None
+        if inpainter_name == "model":
+            parser = argparse.ArgumentParser()
+            add_backend_arguments(parser)
+            args = parser.parse_args(["--backend", "onnxruntime"])
+            model = stack.enter_context(open_model_inpainter(args, threads=1))
+            inpainter, sink = model, model.use_speech
+        start = time.perf_counter()
+        report = process_file(
+            source, output, inpainter, FixedRegion(box_mask()), options, speaker_sink=sink
+        )
+        wall_s = time.perf_counter() - start
     return {
         "frames": report.frames_out,
         "wall_s": wall_s,
@@ -97,16 +116,19 @@ def run_process(source: Path, output: Path) -> dict[str, Any]:
     }
 
 
-def _child(kind: str, source: Path) -> dict[str, Any]:
+def _child(kind: str, source: Path, inpainter: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.mp4"
-        result = run_floor(source, out) if kind == "floor" else run_process(source, out)
-    return result
+        if kind == "floor":
+            return run_floor(source, out)
+        return run_process(source, out, inpainter)
 
 
-def _spawn(kind: str, source: Path) -> dict[str, Any]:
+def _spawn(kind: str, source: Path, inpainter: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.process", "--child", kind, "--input", str(source)]
     done = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--input", str(source)],
+        [*command, "--inpainter", inpainter],
+        cwd=Path(__file__).resolve().parent.parent,
         check=True,
         capture_output=True,
         text=True,
@@ -131,17 +153,18 @@ def main(argv: list[str] | None = None) -> int:
         "--duration-s", type=float, default=10.0, help="length of the generated clip"
     )
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--inpainter", choices=["telea", "model"], default="telea")
     parser.add_argument("--child", choices=["floor", "process"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child, args.input)))
+        print(json.dumps(_child(args.child, args.input, args.inpainter)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         source = args.input or _make_default_clip(Path(tmp), args.duration_s)
         floors, ours = [], []
         for _ in range(args.runs):  # interleaved, so drift in machine load hits both alike
-            floors.append(_spawn("floor", source))
-            ours.append(_spawn("process", source))
+            floors.append(_spawn("floor", source, args.inpainter))
+            ours.append(_spawn("process", source, args.inpainter))
     floor_wall = statistics.median(r["wall_s"] for r in floors)
     our_wall = statistics.median(r["wall_s"] for r in ours)
     median_run = sorted(ours, key=lambda r: r["wall_s"])[len(ours) // 2]
@@ -151,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames": frames,
         "runs": args.runs,
         "threads": 1,
+        "inpainter": args.inpainter,
         "encoder": {"codec": "libx264", "crf": CRF, "preset": PRESET},
         "floor_pyav_transcode": {
             "wall_s_median": round(floor_wall, 3),

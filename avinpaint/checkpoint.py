@@ -119,17 +119,28 @@ def build(config: ModelConfig, state_dict: Mapping[str, Tensor], source: str) ->
     return model.eval()
 
 
-def save(model: Generator, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+def save(
+    model: Generator,
+    path: str | Path,
+    metadata: Mapping[str, str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Write ``model``'s weights and config to ``path`` (safetensors), atomically.
 
     ``metadata`` adds string entries (e.g. provenance); ``format``, ``format_version`` and
-    ``config`` are reserved.
+    ``config`` are reserved. ``dtype`` (e.g. ``torch.float16``, for shipping: half the size)
+    stores the floating-point tensors in that type, recorded as ``precision``; ``build``
+    casts them back to float32 on load. Integer buffers are stored as they are.
     """
     path = Path(path)
     extra = dict(metadata or {})
     reserved = sorted({"format", "format_version", "config"} & set(extra))
     if reserved:
         raise ValueError(f"metadata keys {', '.join(reserved)} are reserved")
+    if dtype is not None:
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point type, got {dtype}")
+        extra["precision"] = str(dtype).removeprefix("torch.")
     header = {
         **extra,
         "format": FORMAT,
@@ -137,7 +148,13 @@ def save(model: Generator, path: str | Path, metadata: Mapping[str, str] | None 
         "config": json.dumps(model.config.to_dict(), sort_keys=True),
     }
     # safetensors refuses tensors that share memory or are not contiguous.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {
+        k: v.detach()
+        .to("cpu", dtype=dtype if dtype and v.is_floating_point() else v.dtype)
+        .contiguous()
+        .clone()
+        for k, v in model.state_dict().items()
+    }
     partial = path.with_name(f".{path.name}.partial.{os.getpid()}")
     try:
         save_file(tensors, str(partial), metadata=header)

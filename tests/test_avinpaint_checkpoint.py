@@ -102,6 +102,24 @@ def test_lite_round_trip(tmp_path: Path) -> None:
     _assert_same_state(model, loaded)
 
 
+def test_half_precision_file_is_half_the_size_and_loads_as_float32(tmp_path: Path) -> None:
+    model = _trained_like(LITE)
+    full = save(model, tmp_path / "full.safetensors")
+    half = save(model, tmp_path / "half.safetensors", dtype=torch.float16)
+    assert read_metadata(half)["precision"] == "float16"
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    loaded = load(half)
+    for name, tensor in loaded.state_dict().items():
+        original = model.state_dict()[name]
+        assert tensor.dtype == original.dtype, name  # upcast; integer buffers untouched
+        if tensor.is_floating_point():
+            torch.testing.assert_close(tensor, original, rtol=1e-3, atol=1e-4)
+        else:
+            assert torch.equal(tensor, original), name
+    with pytest.raises(ValueError, match="floating-point"):
+        save(model, tmp_path / "int.safetensors", dtype=torch.int8)
+
+
 def test_load_reports_every_missing_unexpected_and_mis_shaped_tensor(tmp_path: Path) -> None:
     path = save(Generator(SMALL), tmp_path / "a.safetensors")
     from safetensors import safe_open

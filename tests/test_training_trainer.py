@@ -478,6 +478,29 @@ def test_cli_train_saves_and_exits_on_sigterm(four_faces: Path, tmp_path: Path) 
     assert saved and int(saved[-1].name.split("_")[1]) >= 3
 
 
+def test_cli_export_writes_float16_weights_with_provenance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from avinpaint.checkpoint import read_metadata, save
+    from avinpaint.model import Generator
+
+    torch.manual_seed(0)
+    source = save(Generator(TINY_MODEL).eval(), tmp_path / "gen.safetensors", {"step": "5"})
+    out = tmp_path / "ship.safetensors"
+    assert main(["export", str(source), "-o", str(out), "--meta", "trained_steps=5"]) == 0
+    assert "sha256" in capsys.readouterr().out
+    metadata = read_metadata(out)
+    assert (metadata["precision"], metadata["step"], metadata["trained_steps"]) == (
+        "float16",
+        "5",
+        "5",
+    )
+    assert load_generator(out).config == TINY_MODEL
+    assert out.stat().st_size < 0.6 * source.stat().st_size
+    assert main(["export", str(source), "-o", str(source)]) == 2
+    assert main(["export", str(source), "-o", str(out), "--meta", "novalue"]) == 2
+
+
 def test_identity_dim_must_match_psi(four_faces: Path, tmp_path: Path) -> None:
     model = ModelConfig.from_dict({**TINY_MODEL.to_dict(), "identity_dim": 64})
     with pytest.raises(UsageError, match="identity_dim"):

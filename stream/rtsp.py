@@ -178,8 +178,6 @@ class _Media:
     vsrc: Any
     venc: Any
     asrc: Any | None
-    playing: bool = False
-    """A client has sent PLAY: frames pushed from now on reach someone."""
     offset_ns: int | None = None
     """pts = stream time + offset: set by the first buffer, lowered whenever a buffer would
     be ahead of the pipeline clock."""
@@ -198,7 +196,8 @@ class RtspFeed:
         self.media_count = 0
         """How many times a media (an audience) was created: 1 + re-creations."""
         self.frames_sent = 0
-        """Video frames pushed while at least one client was playing the stream."""
+        """Video frames pushed to a client's media (from its DESCRIBE on): the server queues
+        the frames that arrive before the client's PLAY and sends them once it plays."""
         self.frames_overflowed = 0
         """Frames refused because the encoder was more than 2 s behind (CPU starvation)."""
         self._max_queued = max(2, round(float(fmt.fps) * _QUEUE_LIMIT_S))
@@ -222,14 +221,12 @@ class RtspFeed:
         log.info("rtsp: a client opened the stream (media %d)", self.media_count)
 
     def _on_play(self, media: Any) -> None:
-        """A client started playing ``media``: count frames from now, and make the next
-        frame a key frame so it sees a picture at once rather than at the next scheduled
-        key frame."""
+        """A client started playing ``media``: make the next frame a key frame so it sees a
+        picture at once rather than at the next scheduled key frame."""
         with self._lock:
             current = self._media
             if current is None or current.media != media:
                 return
-            current.playing = True
         gst = self._gst
         structure = gst.Structure.new_from_string("GstForceKeyUnit, all-headers=(boolean)true")
         current.venc.send_event(gst.Event.new_custom(gst.EventType.CUSTOM_UPSTREAM, structure))
@@ -281,8 +278,7 @@ class RtspFeed:
                 self._overflow()
                 return
             pts_ns = self._pts_ns(media, time_s, "video")
-            if media.playing:
-                self.frames_sent += 1
+            self.frames_sent += 1
         self._push(media.vsrc, data, pts_ns, round(duration_s * _NS_PER_S))
 
     def _overflow(self) -> None:

@@ -213,8 +213,8 @@ def test_restored_stream_is_served_and_recorded(
     assert report.latency_max_ms <= options.max_latency_ms + 150.0, report  # see below
 
     # The client saw the restored stream: strictly increasing timestamps, and every frame
-    # sent since it pressed play (give or take a few: the server counts from its PLAY
-    # handler, which may run a frame or two before or after the first frame goes out).
+    # pushed to its media, including those queued between its DESCRIBE and PLAY (give or
+    # take a few at the ends: the first may be the preroll, the last cut when we stop).
     # One undecodable packet is allowed: the last one may be cut short when the server stops.
     assert watcher.error is None, watcher.error
     assert len(watcher.decode_errors) <= 1, watcher.decode_errors

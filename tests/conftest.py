@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import pytest
 
+from avinpaint.checkpoint import shipped_path
 from stream.testclip import ClipSpec, ClipTruth, make_talking_head_clip
 
 # Shared, noisy cores: one thread keeps the suite fast and its timings meaningful.
@@ -53,3 +56,22 @@ def shared_fixtures() -> Path:
     if not SHARED_FIXTURES.is_dir():
         pytest.skip("../shared/fixtures is not present")
     return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def lite_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An engine cache holding the shipped ``lite`` model's ONNX graphs, exported in a
+    subprocess: torch.onnx export aborts in a process that has loaded GStreamer."""
+    if not shipped_path("lite").is_file():
+        pytest.skip("no shipped lite weights")
+    cache = tmp_path_factory.mktemp("engines")
+    command = [sys.executable, "-m", "stream.cli", "engines", "build", "--onnx-only"]
+    command += ["--model", "lite", "--engine-cache", str(cache)]
+    subprocess.run(
+        command,
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return cache

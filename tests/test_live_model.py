@@ -55,24 +55,6 @@ def speech_frames(speech_clip: ClipTruth) -> list[Image]:
         ]
 
 
-@pytest.fixture(scope="module")
-def lite_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An engine cache holding the shipped ``lite`` model's ONNX graphs."""
-    if not shipped_path("lite").is_file():
-        pytest.skip("no shipped lite weights")
-    cache = tmp_path_factory.mktemp("engines")
-    command = [sys.executable, "-m", "stream.cli", "engines", "build", "--onnx-only"]
-    command += ["--model", "lite", "--engine-cache", str(cache)]
-    subprocess.run(
-        command,
-        check=True,
-        capture_output=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    return cache
-
-
 def recorded_frames(path: Path) -> list[Image]:
     with av.open(str(path)) as container:
         return [

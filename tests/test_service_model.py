@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from helpers import audio_packets, video_frames, video_times
 
-from avinpaint.checkpoint import load, shipped_path
+from avinpaint.checkpoint import load
 from engines.backends import BackendOptions, select_backend
 from engines.cli import open_model_inpainter
 from stream.audio import read_audio_16k
@@ -60,24 +60,6 @@ def speech_chunks(speech_clip: ClipTruth) -> list[AudioChunk]:
         AudioChunk(pts_s=audio.pts_s + i / 16_000, samples_16k=audio.samples_16k[i : i + step])
         for i in range(0, len(audio.samples_16k), step)
     ]
-
-
-@pytest.fixture(scope="module")
-def lite_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An engine cache holding the shipped ``lite`` model's ONNX graphs."""
-    if not shipped_path("lite").is_file():
-        pytest.skip("no shipped lite weights")
-    cache = tmp_path_factory.mktemp("engines")
-    command = [sys.executable, "-m", "stream.cli", "engines", "build", "--onnx-only"]
-    command += ["--model", "lite", "--engine-cache", str(cache)]
-    subprocess.run(
-        command,
-        check=True,
-        capture_output=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    return cache
 
 
 @pytest.fixture(scope="module")

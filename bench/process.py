@@ -78,7 +78,7 @@ def run_process(source: Path, output: Path, inpainter_name: str) -> dict[str, An
 
     import cv2
 
-    from engines.cli import add_backend_arguments, open_model_inpainter
+    from engines.cli import open_model_inpainter, parse_backend_arguments
     from stream.inpaint import Inpainter, OpenCVInpainter
     from stream.media import EncodeOptions
     from stream.occlusion import FixedRegion
@@ -94,9 +94,7 @@ def run_process(source: Path, output: Path, inpainter_name: str) -> dict[str, An
         inpainter: Inpainter = OpenCVInpainter("telea")
         sink: Callable[[SpeechWindow], None] | None = None
         if inpainter_name == "model":
-            parser = argparse.ArgumentParser()
-            add_backend_arguments(parser)
-            args = parser.parse_args(["--backend", "onnxruntime"])
+            args = parse_backend_arguments(["--backend", "onnxruntime"])
             model = stack.enter_context(open_model_inpainter(args, threads=1))
             inpainter, sink = model, model.use_speech
         start = time.perf_counter()

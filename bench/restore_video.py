@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from engines.cli import add_backend_arguments, open_model_inpainter
+from engines.cli import open_model_inpainter, parse_backend_arguments
 from stream.inpaint import Inpainter, OpenCVInpainter, OpenCVMethod
 from stream.mask_detect import MaskDetectOptions, MaskDetector
 from stream.media import EncodeOptions, MediaInfo, VideoReader, VideoWriter, probe
@@ -290,9 +290,7 @@ def restore(masked: Path, output: Path, name: str) -> Restoration:
 def _model_arguments() -> argparse.Namespace:
     """The backend options of ``--model lite --backend onnxruntime``, with every other
     option at the CLI's default."""
-    parser = argparse.ArgumentParser()
-    add_backend_arguments(parser)
-    return parser.parse_args(["--model", "lite", "--backend", "onnxruntime"])
+    return parse_backend_arguments(["--model", "lite", "--backend", "onnxruntime"])
 
 
 def transcode_seconds(source: Path, output: Path) -> float:

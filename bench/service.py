@@ -80,16 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.inpainter == "model":
         import functools
 
-        from engines.cli import open_model_inpainter
+        from engines.cli import open_model_inpainter, parse_backend_arguments
 
-        model_args = argparse.Namespace(
-            model="lite",
-            backend="onnxruntime",
-            precision="auto",
-            max_batch=8,
-            engine_cache=None,
-            no_blend=False,
-        )
+        model_args = parse_backend_arguments(["--backend", "onnxruntime"])
         open_model = functools.partial(open_model_inpainter, model_args, 1)
     stream_options: dict[str, Any] = {"inpainter": args.inpainter, "reuse": not args.no_reuse}
 

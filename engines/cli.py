@@ -79,6 +79,14 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_backend_arguments(argv: list[str]) -> argparse.Namespace:
+    """The arguments of ``add_backend_arguments`` parsed from ``argv``, every other one at its
+    default: what benchmarks and tests pass to ``open_model_inpainter``."""
+    parser = argparse.ArgumentParser()
+    add_backend_arguments(parser)
+    return parser.parse_args(argv)
+
+
 def backend_options(args: argparse.Namespace, threads: int = 0) -> BackendOptions:
     """``BackendOptions`` from the arguments of ``add_backend_arguments``."""
     from engines.backends import BackendOptions

@@ -13,11 +13,18 @@
    timestamps must match): PSNR and mean absolute error (8-bit levels) inside the painted
    region dilated by ``DILATE_PX``, for the masked input (no restoration) and each
    inpainter; the detector's restored region against the painted one (IoU, precision,
-   recall, pooled over frames); and flicker, the mean absolute frame-to-frame change inside
-   the painted region (the ``original`` row is what head motion alone gives).
+   recall, pooled over frames), both the mask it returned (``detect_*``) and the frame
+   pixels the compositor was allowed to change with it (``changed_*``: the blend ramp
+   included); the SFace cosine similarity of every face to the same face in the original
+   (``sface_cosine``, mean over faces and frames: what the restoration keeps of the
+   identity); and flicker, the mean absolute frame-to-frame change inside the painted
+   region (the ``original`` row is what head motion alone gives).
+4. A reference row, ``telea_true_mask``: OpenCV Telea on every full-resolution frame of the
+   masked clip with the true painted mask as its hole (no detector, no crop, no blend),
+   encoded like the others. The detector path should come close to it.
 
     python -m bench.restore_video --input CLIP.mp4 [--inpainters model telea]
-        [--max-frames N] [--seed S] [--keep DIR]
+        [--max-frames N] [--seed S] [--keep DIR] [--feather-px F] [--dilate-px D]
 
 Run it with ``-m``: as a script, ``bench/`` comes first on ``sys.path`` and ``bench/engines.py``
 shadows the ``engines`` package. With ``--max-frames`` the masked clip still carries the
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -47,6 +55,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.cli import open_model_inpainter, parse_backend_arguments
+from stream.composite import changed_region, feather
 from stream.inpaint import Inpainter, OpenCVInpainter, OpenCVMethod
 from stream.mask_detect import MaskDetectOptions, MaskDetector
 from stream.media import EncodeOptions, MediaInfo, VideoReader, VideoWriter, probe
@@ -56,8 +65,13 @@ from stream.speaker import SpeechWindow
 from stream.types import AlignedFace, FloatArray, Image, Mask, Occlusion, VideoFrame
 from training.masks import FACE_MASK_KINDS, FaceMaskShape, ShapeSample
 from training.occluders import OccluderStyle, render_occluder
+from training.prepare import OpenCvSFace
 
 INPAINTERS = ("model", "telea", "ns")
+TRUE_MASK = "telea_true_mask"
+"""The reference row: full-resolution Telea with the painted mask as its hole."""
+TELEA_RADIUS_PX = 5.0
+"""Telea's neighbourhood for the reference row: the CLI's --inpaint-radius-px default."""
 DILATE_PX = 3
 """Growth of the painted region for PSNR/MAE (frame pixels): the restored blend and the
 occluder's anti-aliased edge reach a little beyond the painted coverage."""
@@ -174,6 +188,8 @@ class MaskedClip:
     pts: tuple[int | None, ...]
     truth: FrameMasks
     kinds: dict[int, str]
+    affines: tuple[tuple[FloatArray, ...], ...]
+    """Per frame, each face's frame -> crop affine in the original (for SFace crops)."""
 
 
 def make_masked_clip(
@@ -186,6 +202,7 @@ def make_masked_clip(
     painter = FaceMaskPainter(seed)
     truth = FrameMasks((info.height, info.width))
     pts: list[int | None] = []
+    affines: list[tuple[FloatArray, ...]] = []
     with (
         VideoReader(source, threads=1) as reader,
         VideoWriter(output, info, ENCODE, copy_audio_from=source) as writer,
@@ -193,9 +210,11 @@ def make_masked_clip(
         for frame in itertools.islice(reader, max_frames):
             image = frame.image
             covered = np.zeros(truth.shape, dtype=bool)
-            for face in analyser.analyse(frame).faces:
+            faces = analyser.analyse(frame).faces
+            for face in faces:
                 image, face_covered = painter.paint(image, face)
                 covered |= face_covered
+            affines.append(tuple(f.aligned.affine for f in faces))
             writer.write(
                 VideoFrame(index=frame.index, pts=frame.pts, time_base=frame.time_base, image=image)
             )
@@ -204,7 +223,26 @@ def make_masked_clip(
         if not pts:
             raise ValueError(f"no video frame of {source} could be decoded")
         writer.finish()
-    return MaskedClip(output, info, tuple(pts), truth, painter.kinds)
+    return MaskedClip(output, info, tuple(pts), truth, painter.kinds, tuple(affines))
+
+
+def telea_true_mask(clip: MaskedClip, output: Path) -> Path:
+    """The reference: Telea on each full-resolution masked frame with the painted truth as
+    its hole, written with the same encoder as every restoration."""
+    with (
+        VideoReader(clip.path, threads=1) as reader,
+        VideoWriter(output, clip.info, ENCODE, copy_audio_from=clip.path) as writer,
+    ):
+        for index, frame in enumerate(reader):
+            hole = clip.truth[index].astype(np.uint8) * 255
+            image = np.asarray(
+                cv2.inpaint(frame.image, hole, TELEA_RADIUS_PX, cv2.INPAINT_TELEA), np.uint8
+            )
+            writer.write(
+                VideoFrame(index=frame.index, pts=frame.pts, time_base=frame.time_base, image=image)
+            )
+        writer.finish()
+    return output
 
 
 # --- 2. restoring ---------------------------------------------------------------------------
@@ -262,16 +300,30 @@ class Restoration:
     regions: dict[int, list[_Region]]
     open_s: float
     """Time to load the inpainter (model and backend), outside the pipeline's wall time."""
+    feather_px: float
+    """The blend ramp the pipeline ran with: with the regions, it gives the changed pixels."""
 
 
-def restore(masked: Path, output: Path, name: str) -> Restoration:
+def restore(
+    masked: Path,
+    output: Path,
+    name: str,
+    feather_px: float | None = None,
+    dilate_px: int | None = None,
+) -> Restoration:
     """Run ``avstream process --mask-detect --inpainter NAME`` on ``masked`` as a library
-    call, the way ``stream.cli`` does (the model hears the file's own speech)."""
+    call, the way ``stream.cli`` does (the model hears the file's own speech).
+    ``feather_px`` and ``dilate_px`` override the pipeline's and detector's defaults."""
     if name not in INPAINTERS:
         raise ValueError(f"unknown inpainter {name!r}; one of {', '.join(INPAINTERS)}")
     # The CLI's --mask-detect: default options (onnxruntime segmenter, one thread).
-    detector = RecordingDetector(MaskDetector(MaskDetectOptions()))
+    detect_options = MaskDetectOptions()
+    if dilate_px is not None:
+        detect_options = dataclasses.replace(detect_options, dilate_px=dilate_px)
+    detector = RecordingDetector(MaskDetector(detect_options))
     options = ProcessOptions(encode=ENCODE, decode_threads=1)
+    if feather_px is not None:
+        options = dataclasses.replace(options, feather_px=feather_px)
     with contextlib.ExitStack() as stack:
         start = time.perf_counter()
         inpainter: Inpainter
@@ -284,7 +336,8 @@ def restore(masked: Path, output: Path, name: str) -> Restoration:
             inpainter = OpenCVInpainter(method)
         open_s = time.perf_counter() - start
         report = process_file(masked, output, inpainter, detector, options, speaker_sink=sink)
-    return Restoration(name, output, report, detector.regions_by_frame(report), open_s)
+    regions = detector.regions_by_frame(report)
+    return Restoration(name, output, report, regions, open_s, options.feather_px)
 
 
 def _model_arguments() -> argparse.Namespace:
@@ -364,15 +417,39 @@ class _Overlap:
         self.truth += int(np.count_nonzero(truth))
         self.detected += int(np.count_nonzero(detected))
 
-    def summary(self) -> dict[str, float | None]:
+    def summary(self, prefix: str = "detect") -> dict[str, float | None]:
         def ratio(part: int, whole: int) -> float | None:
             return round(part / whole, 3) if whole else None
 
         return {
-            "detect_iou": ratio(self.intersection, self.union),
-            "detect_precision": ratio(self.intersection, self.detected),
-            "detect_recall": ratio(self.intersection, self.truth),
+            f"{prefix}_iou": ratio(self.intersection, self.union),
+            f"{prefix}_precision": ratio(self.intersection, self.detected),
+            f"{prefix}_recall": ratio(self.intersection, self.truth),
         }
+
+
+@dataclass
+class _Identity:
+    """Mean SFace cosine similarity of a method's faces to the same faces in the original."""
+
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, embedding: npt.NDArray[np.float32], original: npt.NDArray[np.float32]) -> None:
+        norms = np.linalg.norm(embedding) * np.linalg.norm(original)
+        self.total += float(np.dot(embedding, original) / max(float(norms), 1e-12))
+        self.count += 1
+
+    def summary(self) -> float | None:
+        return round(self.total / self.count, 4) if self.count else None
+
+
+def _face_crops(image: Image, affines: Sequence[FloatArray]) -> npt.NDArray[np.uint8]:
+    """The aligned crops of ``image`` at the original's face positions, (N, 256, 256, 3)."""
+    crops = [
+        cv2.warpAffine(image, affine, (256, 256), flags=cv2.INTER_LINEAR) for affine in affines
+    ]
+    return np.stack(crops).astype(np.uint8)
 
 
 def _frames_in_step(paths: Sequence[Path], pts: Sequence[int | None]) -> Iterator[list[Image]]:
@@ -400,16 +477,23 @@ def _frames_in_step(paths: Sequence[Path], pts: Sequence[int | None]) -> Iterato
 
 
 def measure(
-    original: Path, clip: MaskedClip, restorations: Sequence[Restoration]
+    original: Path,
+    clip: MaskedClip,
+    restorations: Sequence[Restoration],
+    references: Sequence[tuple[str, Path]] = (),
 ) -> dict[str, dict[str, Any]]:
-    """Per method (``original``, ``masked``, each inpainter): errors inside the dilated
-    painted region, flicker inside the painted region and, per inpainter, detection
-    quality against the painted region."""
-    names = ["original", "masked", *(r.name for r in restorations)]
-    paths = [original, clip.path, *(r.path for r in restorations)]
+    """Per method (``original``, ``masked``, each inpainter, each reference file): errors
+    inside the dilated painted region, flicker inside the painted region, SFace cosine to
+    the original's faces and, per inpainter, detection quality against the painted
+    region."""
+    names = ["original", "masked", *(r.name for r in restorations), *(n for n, _ in references)]
+    paths = [original, clip.path, *(r.path for r in restorations), *(p for _, p in references)]
     errors = {name: _Errors() for name in names[1:]}
     flicker = {name: _Flicker() for name in names}
+    identity = {name: _Identity() for name in names[1:]}
     overlap = {r.name: _Overlap() for r in restorations}
+    changed = {r.name: _Overlap() for r in restorations}
+    sface = OpenCvSFace()
     side = 2 * DILATE_PX + 1
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
     previous: list[Image] | None = None
@@ -425,17 +509,31 @@ def measure(
                 flicker[name].add(before, now, steady)
         for r in restorations:
             detected = np.zeros(clip.truth.shape, dtype=bool)
+            touched = np.zeros(clip.truth.shape, dtype=bool)
             for mask_256, inverse in r.regions.get(index, []):
                 detected |= _to_frame(mask_256, inverse, clip.truth.shape)
+                weight = feather(mask_256, r.feather_px)
+                touched |= changed_region(weight, inverse, clip.truth.shape)
             overlap[r.name].add(truth, detected)
+            changed[r.name].add(truth, touched)
+        if clip.affines[index]:
+            embeddings = [sface(_face_crops(image, clip.affines[index])) for image in images]
+            for name, faces in zip(names[1:], embeddings[1:], strict=True):
+                for face, face_original in zip(faces, embeddings[0], strict=True):
+                    identity[name].add(face, face_original)
         previous, previous_truth = images, truth
     metrics: dict[str, dict[str, Any]] = {
         "original": {"flicker_levels": flicker["original"].summary()}
     }
     for name in names[1:]:
-        metrics[name] = {**errors[name].summary(), "flicker_levels": flicker[name].summary()}
+        metrics[name] = {
+            **errors[name].summary(),
+            "flicker_levels": flicker[name].summary(),
+            "sface_cosine": identity[name].summary(),
+        }
     for r in restorations:
         metrics[r.name].update(overlap[r.name].summary())
+        metrics[r.name].update(changed[r.name].summary("changed"))
         metrics[r.name].update(_pipeline_summary(r.report))
     return metrics
 
@@ -461,9 +559,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     clip = make_masked_clip(args.input, work / "masked.mp4", args.seed, args.max_frames)
     transcode_s = transcode_seconds(clip.path, work / "transcoded.mp4")
     restorations = [
-        restore(clip.path, work / f"restored_{name}.mp4", name) for name in args.inpainters
+        restore(clip.path, work / f"restored_{name}.mp4", name, args.feather_px, args.dilate_px)
+        for name in args.inpainters
     ]
-    metrics = measure(args.input, clip, restorations)
+    reference = telea_true_mask(clip, work / f"restored_{TRUE_MASK}.mp4")
+    metrics = measure(args.input, clip, restorations, [(TRUE_MASK, reference)])
     frames = len(clip.pts)
     rate = clip.info.average_rate
     return {
@@ -472,6 +572,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "fps": round(float(rate), 3) if rate else None,
         "size": [clip.info.width, clip.info.height],
         "seed": args.seed,
+        "feather_px": {r.name: r.feather_px for r in restorations},
+        "dilate_px": args.dilate_px
+        if args.dilate_px is not None
+        else MaskDetectOptions().dilate_px,
         "face_masks": {str(k): v for k, v in clip.kinds.items()},
         "frames_with_face_mask": sum(1 for i in range(frames) if clip.truth[i].any()),
         "frames_and_timestamps_match": True,  # measure() raises when they do not
@@ -497,6 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-frames", type=int, help="use only the first N frames")
     parser.add_argument("--seed", type=int, default=0, help="face-mask shape and material")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the mp4 files here")
+    parser.add_argument(
+        "--feather-px", type=float, help="the pipeline's blend ramp (default: its default)"
+    )
+    parser.add_argument(
+        "--dilate-px", type=int, help="growth of detected masks (default: the detector's)"
+    )
     return parser
 
 

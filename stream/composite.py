@@ -7,6 +7,7 @@ import math
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from avinpaint.geometry import apply_affine
 from stream.types import FloatArray, Image, Mask
@@ -51,11 +52,40 @@ def composite(frame: Image, crop: Image, weight_256: Mask, inverse_affine: Float
         borderValue=0.0,
     )
     region = out[y0:y1, x0:x1]
-    touched = warped_w > 0
+    touched = _touched(np.asarray(warped_w, np.float32))
     alpha = warped_w[..., None]
     blended = region.astype(np.float32) * (1.0 - alpha) + warped_crop.astype(np.float32) * alpha
     region[touched] = np.clip(np.rint(blended[touched]), 0, 255).astype(np.uint8)
     return out
+
+
+def changed_region(
+    weight_256: Mask, inverse_affine: FloatArray, shape: tuple[int, int]
+) -> npt.NDArray[np.bool_]:
+    """The frame pixels ``composite`` may change for this weight: an (H, W) boolean mask,
+    for tests and benchmarks that check what a restoration touched."""
+    height, width = shape
+    out = np.zeros((height, width), dtype=bool)
+    roi = _roi(weight_256, inverse_affine, width, height)
+    if roi is None:
+        return out
+    x0, y0, x1, y1 = roi
+    shift = inverse_affine.copy()
+    shift[:, 2] -= (x0, y0)
+    warped_w = cv2.warpAffine(
+        weight_256,
+        shift,
+        (x1 - x0, y1 - y0),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0.0,
+    )
+    out[y0:y1, x0:x1] = _touched(np.asarray(warped_w, np.float32))
+    return out
+
+
+def _touched(warped_w: Mask) -> npt.NDArray[np.bool_]:
+    return np.asarray(warped_w > 0)
 
 
 def _roi(

@@ -89,6 +89,9 @@ _BLOCKS: Final[tuple[tuple[int, int, int], ...]] = (
     (1024, 1024, 1),
 )
 _STEM_CHANNELS: Final = 32
+FEATURE_TAPS: Final[tuple[int, ...]] = (2, 4, 10)
+"""Blocks whose outputs ``SFace.forward_features`` returns: 56 px x 128, 28 px x 256 and
+14 px x 512 channels, from texture to parts of the face."""
 _FEATURE_SIDE: Final = 7  # 112 halved four times
 _CONV_BN_EPS: Final = 1e-3
 _HEAD_BN_EPS: Final = 2e-5
@@ -309,6 +312,25 @@ class SFace(nn.Module):
         h = self.bn1(h)
         out: torch.Tensor = self.fc_bn(self.fc(torch.flatten(h, 1)))
         return out
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Like ``forward``, and the activations after each block of ``FEATURE_TAPS``
+        (for feature matching) from the same pass."""
+        _check_batch(x, ARCFACE_SIZE)
+        h = self.stem((x - self.input_mean) * self.input_scale)
+        features: list[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if i in FEATURE_TAPS:
+                features.append(h)
+        embedding: torch.Tensor = self.fc_bn(self.fc(torch.flatten(self.bn1(h), 1)))
+        return embedding, features
+
+    def features_crop256(
+        self, crops: torch.Tensor, padding_mode: str = "border"
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward_features`` of generator crops (N, 3, 256, 256) RGB in [-1, 1]."""
+        return self.forward_features((warp_crop256_to_arcface(crops, padding_mode) + 1.0) * 127.5)
 
     def embed_rgb_unit(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, 112, 112) RGB in [-1, 1] (ArcFace-aligned) -> raw (N, 128) embeddings."""

@@ -32,6 +32,10 @@ from torch import Tensor
 Embedder = Callable[[Tensor], Tensor]
 """An identity network psi: images (B, 3, H, W) -> embeddings (B, ...)."""
 
+FeatureEmbedder = Callable[[Tensor], tuple[Tensor, list[Tensor]]]
+"""An identity network psi that also returns intermediate activations: images -> (embeddings,
+feature maps), e.g. ``avinpaint.identity.SFace.features_crop256``."""
+
 PairDiscriminator = Callable[[Tensor, Tensor], Tensor]
 """A discriminator scoring an image pair, e.g. ``avinpaint.discriminator.PatchDiscriminator``."""
 
@@ -57,6 +61,11 @@ class LossWeights:
             fill and tolerates the decoder's faint checkerboard; SSIM penalises both.
         identity_target: ``1 - cos(psi(x_f), psi(x))``, the output's identity against the
             ground truth's (ours; 0 = official, whose identity terms never compare with x).
+        identity_features: feature matching in psi: the mean over psi's tapped layers of
+            ``|f(x_f) - f(x)|`` relative to ``|f(x)|`` (ours; 0 = official). A perceptual
+            loss from the identity network itself: it asks the fill for the texture and face
+            parts psi reads, where the final embedding alone is satisfied by any face that
+            happens to land near the person.
     """
 
     l1: float = 1.0
@@ -68,6 +77,7 @@ class LossWeights:
     valid: float = 1.0
     ssim: float = 0.0
     identity_target: float = 0.0
+    identity_features: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -85,6 +95,7 @@ class GeneratorLosses(NamedTuple):
     gan: Tensor
     ssim: Tensor
     identity_target: Tensor
+    identity_features: Tensor
     total: Tensor
 
 
@@ -207,6 +218,18 @@ def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
     return 1.0 - torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)
 
 
+def feature_matching_loss(features: list[Tensor], targets: list[Tensor]) -> Tensor:
+    """Mean over layers of ``mean|f - t| / mean|t|``: each layer counts alike whatever the
+    scale of its activations. ``targets`` should come without gradient."""
+    if len(features) != len(targets) or not features:
+        raise ValueError(f"{len(features)} feature maps against {len(targets)} targets")
+    parts = []
+    for feature, target in zip(features, targets, strict=True):
+        _require_same_shape("feature", feature, "target", target)
+        parts.append((feature - target).abs().mean() / (target.abs().mean() + 1e-6))
+    return torch.stack(parts).mean()
+
+
 def identity_consistency_loss(psi: Embedder, inpainted: Tensor, audio_face: Tensor) -> Tensor:
     """Mean over the batch of ``1 - cos(psi(x_f), psi(x_a))``, WITH gradients to both images.
 
@@ -270,6 +293,7 @@ def total_generator_loss(
     scores: PairScores | None,
     psi: Embedder | None,
     weights: LossWeights | None = None,
+    psi_features: FeatureEmbedder | None = None,
 ) -> GeneratorLosses:
     """The generator objective: the parts and their weighted sum.
 
@@ -285,6 +309,9 @@ def total_generator_loss(
         psi: identity network for the consistency and identity-target terms; None leaves
             both out (0), as the official training effectively does.
         weights: defaults to ``LossWeights()`` (the official values).
+        psi_features: psi with its feature maps, for the identity-target and
+            feature-matching terms from one pass per image; without it ``identity_target``
+            uses ``psi`` and ``identity_features`` is left out (0).
 
     With default weights, ``psi=None`` and the output composited, ``total`` equals the
     official effective objective ``L_rec + 0.002 L_G + 0.001 L_idc``.
@@ -294,10 +321,16 @@ def total_generator_loss(
     audio = audio_face_loss(audio_face, target)
     identity = identity_embedding_loss(identity_pred, identity_target)
     zero = output.new_zeros(())
-    consistency = to_target = zero
+    consistency = to_target = features = zero
     if psi is not None and w.identity_consistency > 0:
         consistency = identity_consistency_loss(psi, output, audio_face)
-    if psi is not None and w.identity_target > 0:
+    if psi_features is not None and (w.identity_target > 0 or w.identity_features > 0):
+        out_embedding, out_features = psi_features(output)
+        with torch.no_grad():
+            target_embedding, target_features = psi_features(target)
+        to_target = cosine_distance(out_embedding, target_embedding).mean()
+        features = feature_matching_loss(out_features, target_features)
+    elif psi is not None and w.identity_target > 0:
         to_target = cosine_distance(psi(output), psi(target).detach()).mean()
     gan = ralsgan_generator_loss(scores) if scores is not None else zero
     structure = ssim_loss(output, target) if w.ssim > 0 else zero
@@ -309,6 +342,7 @@ def total_generator_loss(
         + w.gan * gan
         + w.ssim * structure
         + w.identity_target * to_target
+        + w.identity_features * features
     )
     return GeneratorLosses(
         l1=l1,
@@ -318,5 +352,6 @@ def total_generator_loss(
         gan=gan,
         ssim=structure,
         identity_target=to_target,
+        identity_features=features,
         total=total,
     )

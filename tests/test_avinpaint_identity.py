@@ -178,6 +178,25 @@ def test_unit_range_entry_point_equals_forward(net: SFace, crops: Uint8Image) ->
         )
 
 
+def test_features_pass_gives_the_same_embedding_and_the_tapped_maps(
+    net: SFace, crops: Uint8Image
+) -> None:
+    x = bgr_crops_to_tensor(crops)
+    with torch.no_grad():
+        embedding, features = net.forward_features(x)
+        np.testing.assert_allclose(embedding.numpy(), net(x).numpy(), atol=1e-5)
+        crop256 = torch.nn.functional.interpolate(x / 127.5 - 1.0, size=(256, 256))
+        np.testing.assert_allclose(
+            net.features_crop256(crop256)[0].numpy(), net.embed_crop256(crop256).numpy(), atol=1e-5
+        )
+    n = x.shape[0]
+    assert [tuple(f.shape) for f in features] == [
+        (n, 128, 56, 56),
+        (n, 256, 28, 28),
+        (n, 512, 14, 14),
+    ]
+
+
 def test_rejects_wrong_input_shape(net: SFace) -> None:
     with pytest.raises(ValueError, match="112"):
         net(torch.zeros(1, 3, 128, 128))

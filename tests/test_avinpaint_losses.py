@@ -19,6 +19,7 @@ from avinpaint.losses import (
     PairScores,
     audio_face_loss,
     cosine_distance,
+    feature_matching_loss,
     identity_consistency_loss,
     identity_embedding_loss,
     l1_loss,
@@ -511,3 +512,38 @@ def test_total_with_identity_target_and_without_scores() -> None:
     # L1: |0.8| + |0.6| over 4 = 0.35; 0.35 + 0.01 * audio L1 + 0.001 * 1 + 2 * 1
     audio = float(parts.audio_face)
     assert float(parts.total) == pytest.approx(0.35 + 0.01 * audio + 0.001 + 2.0)
+
+
+def test_feature_matching_is_relative_per_layer_and_averaged() -> None:
+    target = [torch.full((1, 2, 2, 2), 2.0), torch.full((1, 1, 4, 4), -10.0)]
+    # layer 1 off by 1 everywhere (|t| = 2: 0.5), layer 2 exact: mean 0.25
+    features = [torch.full((1, 2, 2, 2), 3.0, requires_grad=True), target[1].clone()]
+    loss = feature_matching_loss(features, target)
+    assert float(loss.detach()) == pytest.approx(0.25, rel=1e-5)
+    loss.backward()
+    assert features[0].grad is not None and float(features[0].grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="feature maps"):
+        feature_matching_loss(features[:1], target)
+    with pytest.raises(ValueError):
+        feature_matching_loss([torch.zeros(1, 2, 2, 2)], [torch.zeros(1, 2, 3, 3)])
+
+
+def _flat_with_features(x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    return _flat(x), [x * 2.0]
+
+
+def test_total_with_psi_features_gives_target_and_feature_terms() -> None:
+    batch = _tiny_batch()
+    batch["target"] = _t([0.0, 0.6, 0.0, 0.0], (1, 1, 2, 2))
+    weights = LossWeights(identity_consistency=0.0, identity_target=2.0, identity_features=3.0)
+    parts = total_generator_loss(
+        **batch, scores=None, psi=None, weights=weights, psi_features=_flat_with_features
+    )
+    assert float(parts.identity_target) == pytest.approx(1.0)  # orthogonal, as above
+    # features 2x: |1.6 - 0| + |0 - 1.2| over 4 = 0.7, relative to mean |t| = 0.3
+    assert float(parts.identity_features) == pytest.approx(0.7 / 0.3, rel=1e-5)
+    audio = float(parts.audio_face)
+    expected = 0.35 + 0.01 * audio + 0.001 + 2.0 + 3.0 * 0.7 / 0.3
+    assert float(parts.total) == pytest.approx(expected, rel=1e-5)
+    without = total_generator_loss(**batch, scores=None, psi=None, weights=weights)
+    assert float(without.identity_features) == 0.0 and float(without.identity_target) == 0.0

@@ -25,6 +25,7 @@ from avinpaint.discriminator import DiscriminatorConfig
 from avinpaint.spec import AUDIO_SAMPLE_RATE_HZ, CROP_SIZE, CROP_TEMPLATE_256, SPEAKER_WINDOW_S
 from stream.errors import UsageError
 from training.__main__ import main
+from training.augment import AugmentOptions
 from training.config import (
     DataConfig,
     LogConfig,
@@ -390,6 +391,19 @@ def test_samples_are_seeded_and_follow_the_audio_policy(mixed: Path) -> None:
     assert sample["face"].min() >= -1 and sample["face"].max() <= 1
     assert sample["speaker"].shape == (256,) and sample["has_audio"] == 1
     assert sample["identity_target"].shape == (PSI_DIM,)
+
+
+def test_augmented_samples_are_seeded_and_differ_from_plain_ones(mixed: Path) -> None:
+    index = DatasetIndex.load(mixed)
+    speakers = SpeakerInputs(index, TINY_MODEL, ensure_ge2e_cache(index, progress=False))
+    plain = SampleOptions(seed=1, flip=False, grayscale_probability=0.0)
+    augmented = replace(plain, augment=AugmentOptions(colour_probability=1.0))
+    base = FaceVoiceDataset(index, "train", speakers, plain, stage=2)
+    aug = FaceVoiceDataset(index, "train", speakers, augmented, stage=2)
+    first, again = aug[2], aug[2]
+    assert torch.equal(first["face"], again["face"]) and torch.equal(first["mask"], again["mask"])
+    assert not torch.equal(first["face"], base[2]["face"])
+    assert first["face"].shape == base[2]["face"].shape
 
 
 def test_ge2e_cache_embeds_new_segments_once(four_faces: Path, tmp_path: Path) -> None:

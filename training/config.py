@@ -81,6 +81,9 @@ class DataConfig:
         face_only_audio: speaker input of face-only identities in stage 2 (``FaceOnlyAudio``).
         flip: random horizontal flip of the face (official: p = 0.5).
         grayscale_probability: chance of a grey face (official: 0.1).
+        augment: video-gap augmentation of every crop (``training.augment``: alignment
+            jitter, glasses, lighting, colour, blur, resolution, compression); off keeps the
+            official sampling.
         workers: DataLoader worker processes (0 loads in the training process).
     """
 
@@ -89,6 +92,7 @@ class DataConfig:
     face_only_audio: FaceOnlyAudio = "zero"
     flip: bool = True
     grayscale_probability: float = 0.1
+    augment: bool = False
     workers: int = 0
 
     def __post_init__(self) -> None:

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from avinpaint.config import ModelConfig
 from avinpaint.spec import CROP_SIZE
 from stream.errors import InputError
+from training.augment import AugmentOptions, augment_crop
 from training.config import FaceOnlyAudio, HoleKind
 from training.manifest import (
     MANIFEST_FILE,
@@ -289,6 +290,7 @@ class SampleOptions:
     face_only_audio: FaceOnlyAudio = "zero"
     flip: bool = True
     grayscale_probability: float = 0.1
+    augment: AugmentOptions | None = None
 
 
 class FaceVoiceDataset(Dataset[Sample]):
@@ -345,6 +347,8 @@ class FaceVoiceDataset(Dataset[Sample]):
         rng = sample_rng(self.options.seed, self.epoch, item)
         record = self.index.crops[self.crop_ids[item]]
         image = read_crop(self.index.root / record.image)
+        if self.options.augment is not None:
+            image = augment_crop(image, rng, self.options.augment)
         if self.options.flip and rng.random() < 0.5:
             image = np.ascontiguousarray(image[:, ::-1])
         if rng.random() < self.options.grayscale_probability:

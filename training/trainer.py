@@ -65,6 +65,7 @@ from avinpaint.losses import (
 )
 from avinpaint.model import Generator
 from stream.errors import UsageError
+from training.augment import AugmentOptions
 from training.config import RESUMABLE_KEYS, TrainConfig, config_differences
 from training.data import (
     DatasetIndex,
@@ -104,6 +105,7 @@ LOG_COLUMNS = (
     "gan",
     "ssim",
     "identity_target",
+    "identity_features",
     "d_loss",
     "audio_identity",
 )
@@ -398,6 +400,7 @@ class Trainer:
             face_only_audio=data.face_only_audio,
             flip=data.flip,
             grayscale_probability=data.grayscale_probability,
+            augment=AugmentOptions() if data.augment else None,
         )
         return FaceVoiceDataset(self.index, "train", self.speakers, options, stage)
 
@@ -468,8 +471,9 @@ class Trainer:
         generator, discriminator = self._wrap_stage2()
         weights = self.config.losses
         face, mask = batch["face"], batch["mask"]
-        needs_psi = weights.identity_consistency > 0 or weights.identity_target > 0
-        psi = self._psi().embed_crop256 if needs_psi else None
+        psi = self._psi().embed_crop256 if weights.identity_consistency > 0 else None
+        needs_features = weights.identity_target > 0 or weights.identity_features > 0
+        psi_features = self._psi().features_crop256 if needs_features else None
         # With no adversarial weight the discriminator is neither run nor trained: it would
         # cost a third of each step and change nothing in the generator.
         adversarial = weights.gan > 0
@@ -500,6 +504,7 @@ class Trainer:
                 scores=scores,
                 psi=psi,
                 weights=weights,
+                psi_features=psi_features,
             )
         self.opt_g.zero_grad(set_to_none=True)
         _backward(self.scaler.scale(g.total))

@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="regenerate every face every frame (default: reuse a track's restored crop "
         "until the visible face changes, then cross-fade; steadier and faster)",
     )
+    proc.add_argument(
+        "--speaker-audio",
+        metavar="PATH|none",
+        help="the speech the model hears instead of the input's own: another file's audio "
+        "on the input's timeline, or none (the neutral speaker throughout)",
+    )
     proc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_backend_arguments(proc)
     _add_live(sub)
@@ -551,11 +557,24 @@ def _run_process(args: argparse.Namespace) -> int:
         feather_px=args.feather_px,
         reuse=None if args.no_reuse else ReuseOptions(),
         decode_threads=args.threads,
+        speaker_audio=_speaker_audio(args),
     )
     with _open_inpainter(args, threads=args.threads) as (inpainter, speaker_sink):
+        if args.speaker_audio == "none":
+            speaker_sink = None
         report = _process_with_progress(args, inpainter, occlusion, options, speaker_sink)
     _print_summary(report)
     return EXIT_OK
+
+
+def _speaker_audio(args: argparse.Namespace) -> Path | None:
+    """``--speaker-audio PATH`` (None for the input's own audio or ``none``)."""
+    if args.speaker_audio in (None, "none"):
+        return None
+    path = Path(args.speaker_audio)
+    if not path.is_file():
+        raise UsageError(f"--speaker-audio {path} is not a file")
+    return path
 
 
 SpeakerSink = Callable[[SpeechWindow], None]

@@ -63,7 +63,7 @@ from stream.pipeline import ProcessOptions, ProcessReport, process_file
 from stream.restore import FaceAnalyser, TrackedFace
 from stream.speaker import SpeechWindow
 from stream.types import AlignedFace, FloatArray, Image, Mask, Occlusion, VideoFrame
-from training.masks import FACE_MASK_KINDS, FaceMaskShape, ShapeSample
+from training.masks import FACE_MASK_KINDS, FaceMaskShape, ShapeGenerator, ShapeSample
 from training.occluders import OccluderStyle, render_occluder
 from training.prepare import OpenCvSFace
 
@@ -108,7 +108,7 @@ class FrameMasks:
         return len(self._packed)
 
 
-def _to_frame(mask_256: Mask, inverse_affine: FloatArray, shape: tuple[int, int]) -> BoolMask:
+def to_frame(mask_256: Mask, inverse_affine: FloatArray, shape: tuple[int, int]) -> BoolMask:
     """A crop-space coverage mask in frame pixels (covered where the warped value >= 0.5)."""
     height, width = shape
     warped = cv2.warpAffine(mask_256, inverse_affine, (width, height), flags=cv2.INTER_LINEAR)
@@ -126,12 +126,18 @@ class _TrackMask:
 
 class FaceMaskPainter:
     """Paints one face mask per track: its shape and material are drawn once per track id
-    (from ``seed``), so the same mask stays on the face and moves with it."""
+    (from ``seed``), so the same mask stays on the face and moves with it. ``shapes``: what
+    is painted (default: any of the face-mask kinds; e.g. ``HandBlob()`` for a hand)."""
 
-    def __init__(self, seed: int, style: OccluderStyle | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        style: OccluderStyle | None = None,
+        shapes: ShapeGenerator | None = None,
+    ) -> None:
         self._seed = seed
         self._style = style or OccluderStyle()
-        self._shapes = FaceMaskShape(styles=FACE_MASK_KINDS)
+        self._shapes = shapes or FaceMaskShape(styles=FACE_MASK_KINDS)
         self._tracks: dict[int, _TrackMask] = {}
 
     @property
@@ -176,12 +182,13 @@ def _paste(
     w = weight[touched][:, None]
     out = image.copy()
     out[touched] = np.clip(np.rint(warped[touched] * w + image[touched] * (1.0 - w)), 0, 255)
-    return out, _to_frame(coverage, aligned.inverse_affine, (height, width))
+    return out, to_frame(coverage, aligned.inverse_affine, (height, width))
 
 
 @dataclass(frozen=True, eq=False)
 class MaskedClip:
-    """The masked file and what was painted: per-frame truth and timestamps."""
+    """The masked file and what was painted: per-frame truth and timestamps. The masked
+    file holds the source's frames from ``first_frame`` on (and all of its audio)."""
 
     path: Path
     info: MediaInfo
@@ -190,27 +197,39 @@ class MaskedClip:
     kinds: dict[int, str]
     affines: tuple[tuple[FloatArray, ...], ...]
     """Per frame, each face's frame -> crop affine in the original (for SFace crops)."""
+    first_frame: int = 0
 
 
 def make_masked_clip(
-    source: Path, output: Path, seed: int, max_frames: int | None = None
+    source: Path,
+    output: Path,
+    seed: int,
+    max_frames: int | None = None,
+    *,
+    first_frame: int = 0,
+    shapes: ShapeGenerator | None = None,
 ) -> MaskedClip:
-    """Paint a face mask on every tracked face of ``source`` and write ``output`` with the
-    input's timestamps and audio packets. Raises ``ValueError`` when nothing decodes."""
+    """Paint a face mask (or ``shapes``) on every tracked face of ``max_frames`` frames of
+    ``source`` from ``first_frame`` on, and write them to ``output`` with their timestamps
+    and all of the input's audio packets. Raises ``ValueError`` when nothing decodes."""
     info = probe(source)
     analyser = FaceAnalyser()
-    painter = FaceMaskPainter(seed)
+    painter = FaceMaskPainter(seed, shapes=shapes)
     truth = FrameMasks((info.height, info.width))
     pts: list[int | None] = []
     affines: list[tuple[FloatArray, ...]] = []
+    stop = None if max_frames is None else first_frame + max_frames
     with (
         VideoReader(source, threads=1) as reader,
         VideoWriter(output, info, ENCODE, copy_audio_from=source) as writer,
     ):
-        for frame in itertools.islice(reader, max_frames):
+        for frame in itertools.islice(reader, stop):
+            # Frames before first_frame are tracked too: the painted ones see a steady tracker.
+            faces = analyser.analyse(frame).faces
+            if frame.index < first_frame:
+                continue
             image = frame.image
             covered = np.zeros(truth.shape, dtype=bool)
-            faces = analyser.analyse(frame).faces
             for face in faces:
                 image, face_covered = painter.paint(image, face)
                 covered |= face_covered
@@ -223,7 +242,7 @@ def make_masked_clip(
         if not pts:
             raise ValueError(f"no video frame of {source} could be decoded")
         writer.finish()
-    return MaskedClip(output, info, tuple(pts), truth, painter.kinds, tuple(affines))
+    return MaskedClip(output, info, tuple(pts), truth, painter.kinds, tuple(affines), first_frame)
 
 
 def telea_true_mask(clip: MaskedClip, output: Path) -> Path:
@@ -316,14 +335,6 @@ def restore(
     ``feather_px`` and ``dilate_px`` override the pipeline's and detector's defaults."""
     if name not in INPAINTERS:
         raise ValueError(f"unknown inpainter {name!r}; one of {', '.join(INPAINTERS)}")
-    # The CLI's --mask-detect: default options (onnxruntime segmenter, one thread).
-    detect_options = MaskDetectOptions()
-    if dilate_px is not None:
-        detect_options = dataclasses.replace(detect_options, dilate_px=dilate_px)
-    detector = RecordingDetector(MaskDetector(detect_options))
-    options = ProcessOptions(encode=ENCODE, decode_threads=1)
-    if feather_px is not None:
-        options = dataclasses.replace(options, feather_px=feather_px)
     with contextlib.ExitStack() as stack:
         start = time.perf_counter()
         inpainter: Inpainter
@@ -335,9 +346,36 @@ def restore(
             method: OpenCVMethod = "ns" if name == "ns" else "telea"
             inpainter = OpenCVInpainter(method)
         open_s = time.perf_counter() - start
-        report = process_file(masked, output, inpainter, detector, options, speaker_sink=sink)
+        restoration = restore_with(
+            masked, output, name, inpainter, sink, feather_px=feather_px, dilate_px=dilate_px
+        )
+    return dataclasses.replace(restoration, open_s=open_s)
+
+
+def restore_with(
+    masked: Path,
+    output: Path,
+    name: str,
+    inpainter: Inpainter,
+    speaker_sink: Callable[[SpeechWindow], None] | None = None,
+    *,
+    speaker_audio: Path | None = None,
+    feather_px: float | None = None,
+    dilate_px: int | None = None,
+) -> Restoration:
+    """``avstream process --mask-detect`` of ``masked`` with an open ``inpainter`` and its
+    speaker sink, as a library call (``speaker_audio``: ``--speaker-audio PATH``)."""
+    # The CLI's --mask-detect: default options (onnxruntime segmenter, one thread).
+    detect_options = MaskDetectOptions()
+    if dilate_px is not None:
+        detect_options = dataclasses.replace(detect_options, dilate_px=dilate_px)
+    detector = RecordingDetector(MaskDetector(detect_options))
+    options = ProcessOptions(encode=ENCODE, decode_threads=1, speaker_audio=speaker_audio)
+    if feather_px is not None:
+        options = dataclasses.replace(options, feather_px=feather_px)
+    report = process_file(masked, output, inpainter, detector, options, speaker_sink=speaker_sink)
     regions = detector.regions_by_frame(report)
-    return Restoration(name, output, report, regions, open_s, options.feather_px)
+    return Restoration(name, output, report, regions, 0.0, options.feather_px)
 
 
 def _model_arguments() -> argparse.Namespace:
@@ -365,7 +403,7 @@ def transcode_seconds(source: Path, output: Path) -> float:
 
 
 @dataclass
-class _Errors:
+class PixelErrors:
     """Pooled pixel errors against the original (all three channels)."""
 
     squared: float = 0.0
@@ -403,7 +441,7 @@ class _Flicker:
 
 
 @dataclass
-class _Overlap:
+class DetectionOverlap:
     """The detector's restored region against the painted truth, pooled over frames."""
 
     intersection: int = 0
@@ -444,7 +482,7 @@ class _Identity:
         return round(self.total / self.count, 4) if self.count else None
 
 
-def _face_crops(image: Image, affines: Sequence[FloatArray]) -> npt.NDArray[np.uint8]:
+def face_crops(image: Image, affines: Sequence[FloatArray]) -> npt.NDArray[np.uint8]:
     """The aligned crops of ``image`` at the original's face positions, (N, 256, 256, 3)."""
     crops = [
         cv2.warpAffine(image, affine, (256, 256), flags=cv2.INTER_LINEAR) for affine in affines
@@ -452,13 +490,16 @@ def _face_crops(image: Image, affines: Sequence[FloatArray]) -> npt.NDArray[np.u
     return np.stack(crops).astype(np.uint8)
 
 
-def _frames_in_step(paths: Sequence[Path], pts: Sequence[int | None]) -> Iterator[list[Image]]:
+def frames_in_step(
+    paths: Sequence[Path], pts: Sequence[int | None], first: int = 0
+) -> Iterator[list[Image]]:
     """The i-th frame of every file together. Raises ``ValueError`` unless every file has
-    exactly ``len(pts)`` frames (the first, the original, may have more) with these
-    timestamps."""
+    exactly ``len(pts)`` frames with these timestamps (the first file, the original, from
+    its frame ``first`` on; it may have more)."""
     with contextlib.ExitStack() as stack:
         readers = [stack.enter_context(VideoReader(p, threads=1)) for p in paths]
-        streams: list[Iterable[VideoFrame]] = [itertools.islice(readers[0], len(pts))]
+        original = itertools.islice(readers[0], first, first + len(pts))
+        streams: list[Iterable[VideoFrame]] = [original]
         streams += readers[1:]
         for index, frames in enumerate(itertools.zip_longest(*streams)):
             images: list[Image] = []
@@ -488,17 +529,17 @@ def measure(
     region."""
     names = ["original", "masked", *(r.name for r in restorations), *(n for n, _ in references)]
     paths = [original, clip.path, *(r.path for r in restorations), *(p for _, p in references)]
-    errors = {name: _Errors() for name in names[1:]}
+    errors = {name: PixelErrors() for name in names[1:]}
     flicker = {name: _Flicker() for name in names}
     identity = {name: _Identity() for name in names[1:]}
-    overlap = {r.name: _Overlap() for r in restorations}
-    changed = {r.name: _Overlap() for r in restorations}
+    overlap = {r.name: DetectionOverlap() for r in restorations}
+    changed = {r.name: DetectionOverlap() for r in restorations}
     sface = OpenCvSFace()
     side = 2 * DILATE_PX + 1
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
     previous: list[Image] | None = None
     previous_truth = np.zeros(clip.truth.shape, dtype=bool)
-    for index, images in enumerate(_frames_in_step(paths, clip.pts)):
+    for index, images in enumerate(frames_in_step(paths, clip.pts, clip.first_frame)):
         truth = clip.truth[index]
         region = cv2.dilate(truth.view(np.uint8), kernel).view(bool)
         for name, image in zip(names[1:], images[1:], strict=True):
@@ -511,13 +552,13 @@ def measure(
             detected = np.zeros(clip.truth.shape, dtype=bool)
             touched = np.zeros(clip.truth.shape, dtype=bool)
             for mask_256, inverse in r.regions.get(index, []):
-                detected |= _to_frame(mask_256, inverse, clip.truth.shape)
+                detected |= to_frame(mask_256, inverse, clip.truth.shape)
                 weight = feather(mask_256, r.feather_px)
                 touched |= changed_region(weight, inverse, clip.truth.shape)
             overlap[r.name].add(truth, detected)
             changed[r.name].add(truth, touched)
         if clip.affines[index]:
-            embeddings = [sface(_face_crops(image, clip.affines[index])) for image in images]
+            embeddings = [sface(face_crops(image, clip.affines[index])) for image in images]
             for name, faces in zip(names[1:], embeddings[1:], strict=True):
                 for face, face_original in zip(faces, embeddings[0], strict=True):
                     identity[name].add(face, face_original)
@@ -534,11 +575,11 @@ def measure(
     for r in restorations:
         metrics[r.name].update(overlap[r.name].summary())
         metrics[r.name].update(changed[r.name].summary("changed"))
-        metrics[r.name].update(_pipeline_summary(r.report))
+        metrics[r.name].update(pipeline_summary(r.report))
     return metrics
 
 
-def _pipeline_summary(report: ProcessReport) -> dict[str, Any]:
+def pipeline_summary(report: ProcessReport) -> dict[str, Any]:
     """What the pipeline itself says it did."""
     restored_frames = sum(1 for ids in report.track_ids if ids)
     return {

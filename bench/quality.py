@@ -1,0 +1,815 @@
+"""Restoration quality on real talking-head video, through the real file pipeline.
+
+Every clip (default: the ``eval_only`` talking heads of ``../shared/data``, people the shipped
+model never saw) gets one occluder painted on its face by ``bench.restore_video``: a
+surgical, cloth, N95 or KN95 mask or a hand (``training.masks.HandBlob``), the kind chosen
+by the clip's file name, the shape and material drawn from a seed; so the true covered
+pixels of every frame are known. The masked clip carries the whole clip's audio. It is
+restored under every condition, each from the same masked file:
+
+- ``masked``: the masked input itself (nothing restored);
+- ``telea_true``: OpenCV Telea at full frame resolution with the TRUE painted mask, the
+  reference (``bench.restore_video.telea_true_mask``);
+- ``telea``: ``avstream process --mask-detect --inpainter telea``;
+- ``model``: ``avstream process --mask-detect`` with the network (``--model``, default the
+  shipped ``lite``) hearing the clip's own speech;
+- ``model_swapped``: the same, hearing another person's speech (``--speaker-audio``: the
+  partner clip's audio, preferably a voice of the other pitch class, see ``pick_partner``);
+- ``model_novoice``: the same with no speech (``--speaker-audio none``: the neutral speaker).
+
+Only the last ``--max-frames`` frames of a clip are restored and measured (``--head`` takes
+the first ones): the speaker window is causal and needs 2 s of speech, so a frame hears
+only the speech before it; the tail of a clip hears the most. A clip shorter than 2 s of
+speech never gets a speaker window: its three model conditions are the same (the JSON's
+``speaker_windows`` says so per condition).
+
+Metrics, per clip and condition, against the unmasked original over the restored frames, on
+8-bit levels (all three channels): PSNR and L1 (mean absolute error) INSIDE the true painted
+mask; PSNR outside it within the face (the face ellipse of ``stream.mask_detect`` warped to
+the frame, minus the painted mask grown by ``DILATE_PX``: damage to visible skin); SFace
+cosine similarity of each face to the same face in the original, every frame; dlib's
+descriptor cosine similarity and distance (the ``eval`` extra) every ``--dlib-every``-th
+frame. Both identity networks read the face aligned by the ORIGINAL frame's landmarks (the
+project's 5-point alignment), so every condition is cut out alike. Pipeline conditions add
+the detector's overlap with the painted mask and what the pipeline reports (restored
+frames, faces regenerated, speaker windows, and any guard or coverage counts it has).
+
+Writes ``quality.json`` (settings, per clip, means, summary), ``quality.md`` (tables, a row
+per clip and a mean row) and ``montage.png`` (a row per clip: original, masked, telea_true,
+model; the middle frame's face) into ``-o DIR``.
+
+    python -m bench.quality [-o DIR] [--clips PATH|DIR|GLOB ...] [--max-frames 50]
+        [--conditions masked telea_true telea model model_swapped model_novoice]
+        [--model lite|PATH.safetensors] [--seed 0] [--dlib-every 10] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from avinpaint.spec import AUDIO_SAMPLE_RATE_HZ, CROP_SIZE
+from bench.restore_video import (
+    DILATE_PX,
+    DetectionOverlap,
+    MaskedClip,
+    PixelErrors,
+    Restoration,
+    face_crops,
+    frames_in_step,
+    make_masked_clip,
+    pipeline_summary,
+    restore_with,
+    telea_true_mask,
+    to_frame,
+)
+from engines.cli import open_model_inpainter, parse_backend_arguments
+from stream.audio import read_audio_16k
+from stream.inpaint import Inpainter, OpenCVInpainter
+from stream.mask_detect import face_region
+from stream.media import VideoReader, probe
+from stream.model_inpainter import ModelInpainter
+from stream.types import Image, InpaintResult, Mask
+from training.masks import FACE_MASK_KINDS, FaceMaskShape, HandBlob, ShapeGenerator
+from training.metrics import DlibFace, dlib_available
+from training.prepare import OpenCvSFace
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_CLIPS = ROOT.parent / "shared" / "data" / "talking_heads" / "eval_only"
+EVAL_INDEX = EVAL_CLIPS.parent / "index_more_and_eval.csv"
+CONDITIONS = ("masked", "telea_true", "telea", "model", "model_swapped", "model_novoice")
+MODEL_CONDITIONS = ("model", "model_swapped", "model_novoice")
+OCCLUDERS = (*(str(kind) for kind in FACE_MASK_KINDS), "hand")
+MONTAGE = ("original", "masked", "telea_true", "model")
+LOW_VOICE_HZ = 165.0
+"""Median pitch under which a voice counts as low (most men) rather than high."""
+SFACE_MARGIN = 0.03
+"""The summary checks SFace(model) >= SFace(masked) - SFACE_MARGIN per clip."""
+TILE_PX = 128
+
+BoolMask = npt.NDArray[np.bool_]
+Samples = npt.NDArray[np.float32]
+
+
+# --- clips -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A clip to measure: its person (from the index, else its name), its voice's median
+    pitch and the occluder it gets."""
+
+    path: Path
+    person: str
+    duration_s: float
+    pitch_hz: float | None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def occluder(self) -> str:
+        """The occluder kind, fixed by the file name (the same in any subset of clips)."""
+        return OCCLUDERS[zlib.crc32(self.name.encode()) % len(OCCLUDERS)]
+
+    @property
+    def voice(self) -> str | None:
+        """``low`` or ``high`` (median pitch under or over ``LOW_VOICE_HZ``)."""
+        if self.pitch_hz is None:
+            return None
+        return "low" if self.pitch_hz < LOW_VOICE_HZ else "high"
+
+
+def find_clips(specs: Sequence[str]) -> list[Path]:
+    """Video files named by ``specs`` (files, folders searched for ``*.mp4``, or globs),
+    sorted by name, each once."""
+    found: set[Path] = set()
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            found.update(path.rglob("*.mp4"))
+        elif path.is_file():
+            found.add(path)
+        else:
+            # A glob: relative to its first fixed part, so "/abs/*/x*.mp4" works too.
+            anchor = Path(path.anchor) if path.is_absolute() else Path()
+            pattern = str(path.relative_to(anchor)) if path.is_absolute() else spec
+            found.update(p for p in anchor.glob(pattern) if p.is_file())
+    return sorted(found, key=lambda p: (p.name, str(p)))
+
+
+def read_people(index: Path | None) -> dict[str, str]:
+    """File name -> person, from the data's index CSV (``file`` and ``person`` columns)."""
+    if index is None or not index.is_file():
+        return {}
+    with index.open(newline="") as f:
+        return {Path(row["file"]).name: row["person"] for row in csv.DictReader(f)}
+
+
+def median_pitch_hz(samples: Samples, rate: int = AUDIO_SAMPLE_RATE_HZ) -> float | None:
+    """Median fundamental frequency of the louder, periodic 40 ms frames of ``samples``
+    (autocorrelation peak between 60 and 400 Hz), or None when no frame is voiced."""
+    size, hop = round(0.04 * rate), round(0.02 * rate)
+    if len(samples) < size:
+        return None
+    windows = np.lib.stride_tricks.sliding_window_view(samples, size)[::hop]
+    frames = windows - windows.mean(axis=1, keepdims=True)
+    energy = np.sqrt(np.mean(np.square(frames), axis=1))
+    loud = frames[energy >= 0.3 * np.percentile(energy, 90)]
+    lo, hi = rate // 400, rate // 60
+    spectrum = np.fft.rfft(loud, n=2 * size, axis=1)
+    autocorrelation = np.fft.irfft(np.abs(spectrum) ** 2, axis=1)[:, : hi + 1]
+    lags = lo + np.argmax(autocorrelation[:, lo:], axis=1)
+    peaks = autocorrelation[np.arange(len(lags)), lags] / np.maximum(autocorrelation[:, 0], 1e-12)
+    voiced = lags[peaks >= 0.4]
+    return round(float(rate / np.median(voiced)), 1) if len(voiced) else None
+
+
+def describe_clip(path: Path, people: dict[str, str]) -> Clip:
+    """``path`` as a ``Clip``: its person, duration and voice pitch (decoded once)."""
+    audio = read_audio_16k(path)
+    samples = audio.samples_16k if audio is not None else np.zeros(0, np.float32)
+    info = probe(path)
+    duration = info.duration_s or len(samples) / AUDIO_SAMPLE_RATE_HZ
+    return Clip(path, people.get(path.name, path.stem), duration, median_pitch_hz(samples))
+
+
+def pick_partner(clip: Clip, clips: Sequence[Clip]) -> Clip | None:
+    """The clip whose speech ``clip`` hears in ``model_swapped``: another person, preferably
+    of the other voice class (pitch), with at least as much audio, then closest in length,
+    then by name."""
+    others = [c for c in clips if c.person != clip.person]
+
+    def rank(other: Clip) -> tuple[bool, bool, float, str]:
+        same_voice = other.voice is None or other.voice == clip.voice
+        return (
+            same_voice,
+            other.duration_s < clip.duration_s,
+            abs(other.duration_s - clip.duration_s),
+            other.name,
+        )
+
+    return min(others, key=rank) if others else None
+
+
+def count_frames(path: Path) -> int:
+    """Frames of ``path`` (from the container, else by decoding)."""
+    known = probe(path).frame_count
+    if known:
+        return known
+    with VideoReader(path, threads=1) as reader:
+        return sum(1 for _ in reader)
+
+
+def occluder_shapes(kind: str) -> ShapeGenerator:
+    """The shape generator painting ``kind``."""
+    if kind == "hand":
+        return HandBlob()
+    return FaceMaskShape(styles=tuple(k for k in FACE_MASK_KINDS if str(k) == kind))
+
+
+# --- restoring -------------------------------------------------------------------------------
+
+
+@dataclass
+class CountingInpainter:
+    """Passes an inpainter's results through, counting its fills, those the fill guard
+    judged and those it replaced by the safe fill (``InpaintResult.guard`` and ``fallback``,
+    where the inpainter sets them)."""
+
+    inner: Inpainter
+    fills: int = 0
+    judged: int = 0
+    fallbacks: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def inpaint(self, crops: Sequence[Image], masks: Sequence[Mask]) -> list[InpaintResult]:
+        results = self.inner.inpaint(crops, masks)
+        self.fills += len(results)
+        self.judged += sum(getattr(r, "guard", None) is not None for r in results)
+        self.fallbacks += sum(bool(getattr(r, "fallback", False)) for r in results)
+        return results
+
+    def counts(self) -> dict[str, Any]:
+        share = round(self.fallbacks / self.fills, 3) if self.fills else None
+        return {
+            "fills": self.fills,
+            "guard_judged": self.judged,
+            "guard_fallbacks": self.fallbacks,
+            "guard_fallback_share": share,
+        }
+
+
+@dataclass
+class Restorer:
+    """Runs the conditions on one masked clip; the model is opened once for every clip."""
+
+    conditions: tuple[str, ...]
+    model: ModelInpainter | None
+    work: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+    fills: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def run(
+        self, clip: MaskedClip, partner: Path | None
+    ) -> tuple[dict[str, Path], dict[str, Restoration]]:
+        """Every condition's file (``masked`` is the masked clip) and, for the pipeline
+        conditions, what the pipeline did."""
+        files: dict[str, Path] = {}
+        restorations: dict[str, Restoration] = {}
+        for name in self.conditions:
+            start = time.perf_counter()
+            output = self.work / f"{clip.path.stem.removesuffix('_masked')}_{name}.mp4"
+            if name == "masked":
+                files[name] = clip.path
+            elif name == "telea_true":
+                files[name] = telea_true_mask(clip, output)
+            else:
+                restorations[name] = self._pipeline(name, clip.path, output, partner)
+                files[name] = output
+            self.seconds[name] = round(time.perf_counter() - start, 2)
+        return files, restorations
+
+    def _pipeline(self, name: str, masked: Path, output: Path, partner: Path | None) -> Restoration:
+        if name == "telea":
+            counting = CountingInpainter(OpenCVInpainter("telea"))
+            restoration = restore_with(masked, output, name, counting)
+        else:
+            counting, restoration = self._model(name, masked, output, partner)
+        self.fills[name] = counting.counts()
+        return restoration
+
+    def _model(
+        self, name: str, masked: Path, output: Path, partner: Path | None
+    ) -> tuple[CountingInpainter, Restoration]:
+        if self.model is None:
+            raise RuntimeError(f"{name} needs the model")
+        self.model.use_features(None)  # start every run from the neutral speaker, as when opened
+        counting = CountingInpainter(self.model)
+        if name == "model_novoice":  # --speaker-audio none
+            return counting, restore_with(masked, output, name, counting)
+        audio = partner if name == "model_swapped" else None  # --speaker-audio PATH
+        if name == "model_swapped" and audio is None:
+            raise RuntimeError("model_swapped needs another person's clip")
+        sink = self.model.use_speech
+        return counting, restore_with(masked, output, name, counting, sink, speaker_audio=audio)
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+@dataclass
+class Similarity:
+    """Mean cosine similarity (and, for dlib, Euclidean distance) over faces."""
+
+    cosines: list[float] = field(default_factory=list)
+    distances: list[float] = field(default_factory=list)
+
+    def add(self, a: npt.NDArray[Any], b: npt.NDArray[Any]) -> None:
+        a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+        norms = max(float(np.linalg.norm(a64) * np.linalg.norm(b64)), 1e-12)
+        self.cosines.append(float(np.dot(a64, b64)) / norms)
+        self.distances.append(float(np.linalg.norm(a64 - b64)))
+
+    def cosine(self) -> float | None:
+        return round(statistics.fmean(self.cosines), 4) if self.cosines else None
+
+    def distance(self) -> float | None:
+        return round(statistics.fmean(self.distances), 4) if self.distances else None
+
+
+@dataclass
+class Identity:
+    """SFace on every face, dlib (when installed) every ``dlib_every``-th frame."""
+
+    dlib_every: int
+    sface: OpenCvSFace = field(default_factory=OpenCvSFace)
+    dlib: DlibFace | None = None
+
+    def measure(
+        self,
+        index: int,
+        crops: dict[str, npt.NDArray[np.uint8]],
+        sface: dict[str, Similarity],
+        dlib: dict[str, Similarity],
+    ) -> None:
+        """Compare every condition's face crops (N, 256, 256, 3) with ``crops["original"]``."""
+        embeddings = {name: self.sface(batch) for name, batch in crops.items()}
+        others = [name for name in crops if name != "original"]
+        for name in others:
+            for got, want in zip(embeddings[name], embeddings["original"], strict=True):
+                sface[name].add(got, want)
+        if self.dlib is None or index % self.dlib_every:
+            return
+        for face, face_original in enumerate(crops["original"]):
+            box = self.dlib.face_box(face_original)
+            reference = self.dlib.measure(face_original, box).descriptor
+            for name in others:
+                dlib[name].add(self.dlib.measure(crops[name][face], box).descriptor, reference)
+
+
+def _grow(mask: BoolMask, px: int) -> BoolMask:
+    side = 2 * px + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+    return cv2.dilate(mask.view(np.uint8), kernel).view(bool)
+
+
+def face_area(affines: Sequence[npt.NDArray[np.float64]], shape: tuple[int, int]) -> BoolMask:
+    """The frame pixels inside any face's ellipse (``face_region``, warped from the crop)."""
+    height, width = shape
+    area = np.zeros(shape, dtype=bool)
+    ellipse = face_region().astype(np.uint8)
+    for affine in affines:
+        flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+        area |= cv2.warpAffine(ellipse, affine, (width, height), flags=flags).astype(bool)
+    return area
+
+
+@dataclass
+class ClipMeasures:
+    """Everything accumulated over one clip's frames, per condition."""
+
+    names: list[str]
+    inside: dict[str, PixelErrors]
+    outside: dict[str, PixelErrors]
+    sface: dict[str, Similarity]
+    dlib: dict[str, Similarity]
+    detection: dict[str, DetectionOverlap]
+    tiles: dict[str, Image] = field(default_factory=dict)
+
+    @classmethod
+    def for_conditions(cls, names: Sequence[str], pipeline: Sequence[str]) -> ClipMeasures:
+        return cls(
+            list(names),
+            {n: PixelErrors() for n in names},
+            {n: PixelErrors() for n in names},
+            {n: Similarity() for n in names},
+            {n: Similarity() for n in names},
+            {n: DetectionOverlap() for n in pipeline},
+        )
+
+    def summary(self, name: str) -> dict[str, Any]:
+        inside, outside = self.inside[name].summary(), self.outside[name].summary()
+        result: dict[str, Any] = {
+            "psnr_in_db": inside["psnr_db"],
+            "l1_in_levels": inside["mae_levels"],
+            "psnr_out_db": outside["psnr_db"],
+            "l1_out_levels": outside["mae_levels"],
+            "sface_cosine": self.sface[name].cosine(),
+            "dlib_cosine": self.dlib[name].cosine(),
+            "dlib_distance": self.dlib[name].distance(),
+        }
+        if name in self.detection:
+            result.update(self.detection[name].summary())
+        return result
+
+
+def measure_clip(
+    original: Path,
+    clip: MaskedClip,
+    files: dict[str, Path],
+    restorations: dict[str, Restoration],
+    identity: Identity,
+) -> ClipMeasures:
+    """Per condition: pixel errors inside and outside the true mask, identity, detection,
+    and the montage tiles of the middle frame."""
+    names = list(files)
+    measures = ClipMeasures.for_conditions(names, list(restorations))
+    paths = [original, *files.values()]
+    middle = len(clip.pts) // 2
+    for index, images in enumerate(frames_in_step(paths, clip.pts, clip.first_frame)):
+        truth = clip.truth[index]
+        outside = face_area(clip.affines[index], truth.shape) & ~_grow(truth, DILATE_PX)
+        for name, image in zip(names, images[1:], strict=True):
+            measures.inside[name].add(image, images[0], truth)
+            measures.outside[name].add(image, images[0], outside)
+        for name, restoration in restorations.items():
+            detected = np.zeros(truth.shape, dtype=bool)
+            for mask_256, inverse in restoration.regions.get(index, []):
+                detected |= to_frame(mask_256, inverse, truth.shape)
+            measures.detection[name].add(truth, detected)
+        if not clip.affines[index]:
+            continue
+        crops = {
+            name: face_crops(image, clip.affines[index])
+            for name, image in zip(["original", *names], images, strict=True)
+        }
+        identity.measure(index, crops, measures.sface, measures.dlib)
+        if index >= middle and not measures.tiles:
+            measures.tiles = {name: batch[0] for name, batch in crops.items() if name in MONTAGE}
+    return measures
+
+
+# --- one clip, all clips ---------------------------------------------------------------------
+
+
+def run_clip(
+    clip: Clip,
+    partner: Clip | None,
+    restorer: Restorer,
+    identity: Identity,
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], dict[str, Image]]:
+    """Paint, restore under every condition and measure one clip: its JSON and tiles."""
+    total = count_frames(clip.path)
+    first = 0 if args.head else max(0, total - args.max_frames)
+    seed = zlib.crc32(clip.name.encode()) ^ args.seed
+    masked = make_masked_clip(
+        clip.path,
+        restorer.work / f"{clip.name}_masked.mp4",
+        seed,
+        args.max_frames,
+        first_frame=first,
+        shapes=occluder_shapes(clip.occluder),
+    )
+    swap = partner.path if partner is not None else None
+    files, restorations = restorer.run(masked, swap)
+    measures = measure_clip(clip.path, masked, files, restorations, identity)
+    conditions: dict[str, Any] = {}
+    for name in files:
+        conditions[name] = measures.summary(name)
+        if name in restorations:
+            conditions[name].update(pipeline_summary(restorations[name].report))
+            conditions[name].update(report_extras(restorations[name]))
+            conditions[name].update(restorer.fills[name])
+        conditions[name]["seconds"] = restorer.seconds[name]
+    result = {
+        "path": str(clip.path),
+        "person": clip.person,
+        "occluder": clip.occluder,
+        "painted": sorted(set(masked.kinds.values())),
+        "seed": seed,
+        "frames": len(masked.pts),
+        "first_frame": first,
+        "frames_in_clip": total,
+        "frames_with_mask": sum(1 for i in range(len(masked.pts)) if masked.truth[i].any()),
+        "duration_s": round(clip.duration_s, 2),
+        "pitch_hz": clip.pitch_hz,
+        "voice": clip.voice,
+        "swap_partner": None if partner is None else partner.name,
+        "swap_partner_voice": None if partner is None else partner.voice,
+        "conditions": conditions,
+    }
+    return result, measures.tiles
+
+
+_KNOWN_REPORT_FIELDS = {
+    "output",
+    "track_ids",
+    "stages",
+    "faces_restored",
+    "faces_regenerated",
+    "speaker_windows",
+    "audio_mode",
+}
+
+
+def report_extras(restoration: Restoration) -> dict[str, Any]:
+    """The pipeline report's other plain fields (guard and coverage counts where the
+    pipeline has them), JSON-ready."""
+    extras: dict[str, Any] = {"pipeline_wall_s": round(restoration.report.wall_s, 2)}
+    for item in dataclasses.fields(restoration.report):
+        if item.name in _KNOWN_REPORT_FIELDS:
+            continue
+        value = getattr(restoration.report, item.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        extras[item.name] = json.loads(json.dumps(value, default=str))
+    return extras
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None and math.isfinite(v)]
+    return round(statistics.fmean(present), 4) if present else None
+
+
+MEAN_METRICS = (
+    "psnr_in_db",
+    "l1_in_levels",
+    "psnr_out_db",
+    "l1_out_levels",
+    "sface_cosine",
+    "dlib_cosine",
+    "dlib_distance",
+    "detect_iou",
+    "detect_recall",
+    "restored_frame_fraction",
+    "guard_fallback_share",
+    "speaker_windows",
+)
+
+
+def means(clips: dict[str, Any], conditions: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """Per condition, the mean over clips of each metric (clips lacking it are left out)."""
+    return {
+        name: {
+            metric: _mean([c["conditions"][name].get(metric) for c in clips.values()])
+            for metric in MEAN_METRICS
+        }
+        for name in conditions
+    }
+
+
+def _metric(clip: dict[str, Any], condition: str, metric: str) -> float | None:
+    value = clip["conditions"].get(condition, {}).get(metric)
+    return float(value) if value is not None else None
+
+
+def summary(clips: dict[str, Any]) -> dict[str, Any]:
+    """The headline comparisons: model vs the true-mask reference, identity vs the masked
+    input, own voice vs another's."""
+    result: dict[str, Any] = {}
+    gaps = {}
+    for name, clip in clips.items():
+        model, reference = (
+            _metric(clip, "model", "psnr_in_db"),
+            _metric(clip, "telea_true", "psnr_in_db"),
+        )
+        if model is not None and reference is not None:
+            gaps[name] = round(model - reference, 2)
+    if gaps:
+        worst = min(gaps, key=lambda n: gaps[n])
+        result["model_minus_telea_true_psnr_in_db"] = {
+            "mean": round(statistics.fmean(gaps.values()), 2),
+            "min": gaps[worst],
+            "min_clip": worst,
+            "per_clip": gaps,
+        }
+    keeps = {}
+    for name, clip in clips.items():
+        model, masked = (
+            _metric(clip, "model", "sface_cosine"),
+            _metric(clip, "masked", "sface_cosine"),
+        )
+        if model is not None and masked is not None:
+            keeps[name] = {"model": model, "masked": masked, "ok": model >= masked - SFACE_MARGIN}
+    if keeps:
+        result["sface_model_vs_masked"] = {
+            "rule": f"sface(model) >= sface(masked) - {SFACE_MARGIN}",
+            "clips_ok": sum(1 for k in keeps.values() if k["ok"]),
+            "clips": len(keeps),
+            "per_clip": keeps,
+        }
+    result["own_voice_vs_swapped_sface"] = _voice_share(clips)
+    return result
+
+
+def _voice_share(clips: dict[str, Any]) -> dict[str, Any]:
+    """Share of clips where the own voice gives a closer face (SFace) than the swapped one,
+    over all clips and over those where both runs heard a speaker window."""
+    closer, heard, closer_heard, ties = 0, 0, 0, 0
+    compared = 0
+    for clip in clips.values():
+        own, swapped = (
+            _metric(clip, "model", "sface_cosine"),
+            _metric(clip, "model_swapped", "sface_cosine"),
+        )
+        if own is None or swapped is None:
+            continue
+        compared += 1
+        closer += own > swapped
+        ties += own == swapped
+        windows = [_metric(clip, c, "speaker_windows") for c in ("model", "model_swapped")]
+        if all(w is not None and w > 0 for w in windows):
+            heard += 1
+            closer_heard += own > swapped
+    return {
+        "clips": compared,
+        "own_closer": closer,
+        "ties": ties,
+        "share_own_closer": round(closer / compared, 3) if compared else None,
+        "clips_both_heard_speech": heard,
+        "share_own_closer_when_both_heard": round(closer_heard / heard, 3) if heard else None,
+    }
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+_TABLES = (
+    ("psnr_in_db", "PSNR inside the painted mask (dB, 8-bit) ↑", "{:.2f}"),
+    ("l1_in_levels", "L1 inside the painted mask (8-bit levels) ↓", "{:.2f}"),
+    ("psnr_out_db", "PSNR outside the mask, within the face (dB) ↑", "{:.2f}"),
+    ("sface_cosine", "SFace cosine to the original face ↑", "{:.3f}"),
+    ("dlib_cosine", "dlib descriptor cosine to the original face ↑", "{:.4f}"),
+    ("guard_fallback_share", "Share of fills the guard replaced by its safe fill", "{:.2f}"),
+    ("speaker_windows", "Speaker windows the model heard", "{:.0f}"),
+)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """One table per metric: a row per clip and a mean row, a column per condition."""
+    conditions: list[str] = report["settings"]["conditions"]
+    lines = [f"# Restoration quality ({report['settings']['model']})", ""]
+    for metric, title, fmt in _TABLES:
+        lines += [f"## {title}", "", "| clip | occluder | " + " | ".join(conditions) + " |"]
+        lines.append("|---|---|" + "---:|" * len(conditions))
+        for name, clip in report["clips"].items():
+            cells = [_cell(_metric(clip, c, metric), fmt) for c in conditions]
+            lines.append(f"| {name} | {clip['occluder']} | " + " | ".join(cells) + " |")
+        mean_cells = [_cell(report["means"][c].get(metric), fmt) for c in conditions]
+        lines += ["| **mean** | | " + " | ".join(mean_cells) + " |", ""]
+    lines += ["## Summary", "", "```json", json.dumps(report["summary"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def montage(rows: dict[str, dict[str, Image]], columns: Sequence[str]) -> Image:
+    """A row per clip (its name above), a column per condition (named on top)."""
+    label_h = 16
+    header = np.full((label_h, TILE_PX * len(columns), 3), 255, np.uint8)
+    for i, name in enumerate(columns):
+        cv2.putText(header, name, (i * TILE_PX + 3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, 0, 1)
+    blocks = [header]
+    blank = np.zeros((TILE_PX, TILE_PX, 3), np.uint8)
+    for clip, tiles in rows.items():
+        label = np.full((label_h, TILE_PX * len(columns), 3), 255, np.uint8)
+        cv2.putText(label, clip, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, 0, 1)
+        cells = [
+            cv2.resize(tiles[c], (TILE_PX, TILE_PX), interpolation=cv2.INTER_AREA)
+            if c in tiles
+            else blank
+            for c in columns
+        ]
+        blocks += [label, np.hstack(cells)]
+    return np.vstack(blocks)
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _open_model(args: argparse.Namespace) -> Iterator[ModelInpainter | None]:
+    if not set(args.conditions) & set(MODEL_CONDITIONS):
+        yield None
+        return
+    backend = parse_backend_arguments(["--model", args.model, "--backend", "onnxruntime"])
+    with open_model_inpainter(backend, threads=1) as model:
+        yield model
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Measure every clip; returns the report and writes the montage into ``args.output``."""
+    people = read_people(args.index)
+    paths = find_clips(args.clips)
+    if not paths:
+        raise SystemExit(f"no clips found in {' '.join(args.clips)}")
+    clips = [describe_clip(p, people) for p in paths]
+    identity = Identity(args.dlib_every, dlib=DlibFace() if dlib_available() else None)
+    results: dict[str, Any] = {}
+    tiles: dict[str, dict[str, Image]] = {}
+    started = time.perf_counter()
+    with _open_model(args) as model:
+        restorer = Restorer(tuple(args.conditions), model, work)
+        for clip in clips:
+            partner = pick_partner(clip, clips)
+            print(f"{clip.name}: {clip.occluder}", file=sys.stderr, flush=True)
+            results[clip.name], tiles[f"{clip.name} ({clip.occluder})"] = run_clip(
+                clip, partner, restorer, identity, args
+            )
+    cv2.imwrite(str(args.output / "montage.png"), montage(tiles, MONTAGE))
+    return {
+        "settings": settings(args, identity),
+        "clips": results,
+        "means": means(results, args.conditions),
+        "summary": summary(results),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def settings(args: argparse.Namespace, identity: Identity) -> dict[str, Any]:
+    """What the numbers depend on, and how to read them."""
+    return {
+        "model": args.model,
+        "conditions": list(args.conditions),
+        "max_frames": args.max_frames,
+        "frames": "first" if args.head else "last",
+        "seed": args.seed,
+        "dlib": identity.dlib is not None,
+        "dlib_every": args.dlib_every,
+        "levels": "8-bit (0..255), all three channels; PSNR peak 255",
+        "inside": "the painted occluder's coverage (>= 0.5) in frame pixels",
+        "outside": f"face ellipse minus the painted mask grown by {DILATE_PX} px",
+        "identity_alignment": "5-point alignment of the original frame's landmarks",
+        "crop_px": CROP_SIZE,
+        "voice_classes": f"median pitch < {LOW_VOICE_HZ} Hz is low, else high",
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The bench's arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.quality",
+        description="restoration quality on real talking-head clips with painted occluders, "
+        "through avstream process --mask-detect",
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("/tmp/avstream_quality"), help="report folder"
+    )
+    parser.add_argument(
+        "--clips",
+        nargs="+",
+        default=[str(EVAL_CLIPS)],
+        metavar="PATH|DIR|GLOB",
+        help="clips to measure (default: the eval_only talking heads)",
+    )
+    parser.add_argument("--index", type=Path, default=EVAL_INDEX, help="CSV: file -> person")
+    parser.add_argument("--max-frames", type=int, default=50, help="frames per clip")
+    parser.add_argument("--head", action="store_true", help="the first frames, not the last")
+    parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
+    parser.add_argument("--model", default="lite", help="lite or a generator .safetensors")
+    parser.add_argument("--seed", type=int, default=0, help="varies every clip's occluder")
+    parser.add_argument("--dlib-every", type=int, default=10, help="dlib on every Nth frame")
+    parser.add_argument("--keep", action="store_true", help="keep the mp4 files in -o DIR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench, write quality.json, quality.md and montage.png; returns 0."""
+    args = build_parser().parse_args(argv)
+    if args.max_frames < 1 or args.dlib_every < 1:
+        raise SystemExit("--max-frames and --dlib-every must be >= 1")
+    args.conditions = [c for c in CONDITIONS if c in args.conditions]
+    cv2.setNumThreads(1)
+    args.output.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            work = args.output / "videos"
+            work.mkdir(exist_ok=True)
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="avq_")))
+        report = run(args, work)
+    (args.output / "quality.json").write_text(json.dumps(report, indent=1))
+    (args.output / "quality.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

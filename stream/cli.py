@@ -18,6 +18,7 @@ from engines.cli import (
     open_model_inpainter,
     run_engines,
 )
+from stream.composite import FEATHER_PX
 from stream.errors import AvstreamError, InputError, UsageError
 from stream.inpaint import Inpainter, OpenCVInpainter, OpenCVMethod
 from stream.media import EncodeOptions
@@ -68,6 +69,13 @@ def _add_region_options(parser: argparse.ArgumentParser) -> None:
         metavar="FRACTION",
         help="with --mask-detect: restore a face when at least this fraction of it is "
         "covered (default: 0.04)",
+    )
+    parser.add_argument(
+        "--mask-dilate-px",
+        type=int,
+        metavar="N",
+        help="with --mask-detect: grow each detected region by N crop pixels into the visible "
+        "face (default: 0, exactly what covers the face; growth costs identity)",
     )
 
 
@@ -133,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument(
         "--feather-px",
         type=float,
-        default=6.0,
-        help="blend ramp outside the restored region, crop pixels (default: 6)",
+        default=FEATHER_PX,
+        help="width of the blend ramp inside the restored region, crop pixels; pixels "
+        f"outside the region never change (default: {FEATHER_PX:g}, a hard edge)",
     )
     proc.add_argument(
         "--threads", type=int, default=0, help="codec threads, 0 = automatic (default: 0)"
@@ -256,8 +265,9 @@ def _add_live(sub: argparse._SubParsersAction[_Parser]) -> None:
     live.add_argument(
         "--feather-px",
         type=float,
-        default=6.0,
-        help="blend ramp outside the restored region, crop pixels (default: 6)",
+        default=FEATHER_PX,
+        help="width of the blend ramp inside the restored region, crop pixels; pixels "
+        f"outside the region never change (default: {FEATHER_PX:g}, a hard edge)",
     )
     live.add_argument(
         "--rtsp-transport",
@@ -534,6 +544,8 @@ def _occlusion_model(args: argparse.Namespace) -> OcclusionModel:
     """--mask-detect's segmenter, or the fixed region of --mask-box / --mask-image."""
     if args.mask_threshold is not None and not args.mask_detect:
         raise UsageError("--mask-threshold needs --mask-detect")
+    if args.mask_dilate_px is not None and not args.mask_detect:
+        raise UsageError("--mask-dilate-px needs --mask-detect")
     if args.mask_detect:
         from stream.mask_detect import MaskDetectOptions, MaskDetector
 
@@ -542,8 +554,13 @@ def _occlusion_model(args: argparse.Namespace) -> OcclusionModel:
             fraction = MaskDetectOptions.covered_fraction
         if not 0.0 < fraction <= 1.0:
             raise UsageError(f"--mask-threshold must be within (0, 1], got {fraction}")
+        dilate = args.mask_dilate_px
+        if dilate is None:
+            dilate = MaskDetectOptions.dilate_px
+        if not 0 <= dilate <= 64:
+            raise UsageError(f"--mask-dilate-px must be within 0..64, got {dilate}")
         # Raises AvstreamError (exit 1) when the package was installed without its weights.
-        return MaskDetector(MaskDetectOptions(covered_fraction=fraction))
+        return MaskDetector(MaskDetectOptions(covered_fraction=fraction, dilate_px=dilate))
     return FixedRegion(_fixed_region_mask(args))
 
 
@@ -654,6 +671,10 @@ def _print_summary(report: ProcessReport) -> None:
             f"processed the {report.frames_in} of {expected} frames that decode",
             file=sys.stderr,
         )
+    # -v: what the region model decided for each track (coverage, covered, restored).
+    log = logging.getLogger(__name__)
+    for track in report.coverage:
+        log.info("%s", track.line())
 
 
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:

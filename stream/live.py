@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from avinpaint.spec import AUDIO_SAMPLE_RATE_HZ
+from stream.composite import FEATHER_PX
 from stream.detect import DetectorOptions
 from stream.errors import AvstreamError, InputError, OutputError, UsageError
 from stream.inpaint import Inpainter
@@ -114,7 +115,8 @@ class LiveOptions:
     max_latency_ms: float = 250.0
     detector: DetectorOptions = field(default_factory=DetectorOptions)
     tracker: TrackerOptions = field(default_factory=TrackerOptions)
-    feather_px: float = 6.0
+    feather_px: float = FEATHER_PX
+    """Blend ramp inside the covered region, crop pixels (nothing outside it changes)."""
     source: SourceOptions = field(default_factory=SourceOptions)
     record_encode: EncodeOptions = field(
         default_factory=lambda: EncodeOptions(crf=23, preset="veryfast")

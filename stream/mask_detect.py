@@ -6,9 +6,10 @@ track, that map is smoothed over time: the previous smoothed map is warped into 
 crop (the two crops' affines say exactly how the face moved between them) and blended with
 the new one, so mask edges do not flicker while the mask still follows the head. A face is
 *covered* when the smoothed mask covers at least ``covered_fraction`` of the face region;
-a covered face gets its mask dilated by ``dilate_px`` (the blend then starts outside the
-occluder's edge), and an uncovered face gets an all-zero mask, so the compositor leaves
-every one of its pixels exactly as they were.
+a covered face gets exactly its covered pixels as the region to restore (no growth by
+default: the skin just outside an occluder carries identity, see ``stream.composite``;
+``dilate_px`` grows it on request), and an uncovered face gets an all-zero mask, so the
+compositor leaves every one of its pixels exactly as they were.
 
 The decision has hysteresis: a covered track stays covered until its coverage drops below
 ``release_ratio * covered_fraction``, so a face near the threshold does not blink between
@@ -65,7 +66,9 @@ class MaskDetectOptions:
     docs/MODEL_CARD_occlusion.md). ``release_ratio``: hysteresis, a covered track is
     released below ``release_ratio * covered_fraction``. ``smoothing``: weight of the newest
     frame in the per-track running average (1 = no smoothing). ``dilate_px``: growth of a
-    covered mask, crop pixels. ``forget_after_frames``: a track not seen for this many calls
+    covered mask, crop pixels (0 by default: restoring visible skin costs identity, and at
+    0 the restored region already holds the occluder's anti-aliased edge, see
+    docs/MODEL_CARD_occlusion.md). ``forget_after_frames``: a track not seen for this many calls
     loses its state. ``backend``: onnxruntime (default) or torch. ``weights``: a .onnx
     (onnxruntime) or .safetensors (torch) file instead of the shipped one. ``threads``:
     intra-op threads of the backend."""
@@ -74,7 +77,7 @@ class MaskDetectOptions:
     covered_fraction: float = 0.04
     release_ratio: float = 0.6
     smoothing: float = 0.5
-    dilate_px: int = 3
+    dilate_px: int = 0
     forget_after_frames: int = 25
     backend: Backend = "onnxruntime"
     weights: Path | None = None
@@ -99,8 +102,8 @@ class FaceCoverage:
 
     ``probability_256``: the smoothed coverage probability; ``coverage_fraction``: the
     fraction of the face region above ``pixel_threshold``; ``covered``: the face-level
-    decision; ``mask_256``: what to restore (dilated covered pixels, or all zeros when the
-    face is not covered)."""
+    decision; ``mask_256``: what to restore (the covered pixels, grown by ``dilate_px``, or
+    all zeros when the face is not covered)."""
 
     track_id: int
     probability_256: Mask
@@ -194,7 +197,8 @@ class MaskDetector:
         ]
 
     def analyse(self, faces: Sequence[AlignedFace], track_ids: Sequence[int]) -> list[FaceCoverage]:
-        """Segment, smooth per track, decide and dilate; one ``FaceCoverage`` per face."""
+        """Segment, smooth per track, decide (and dilate, if asked); one ``FaceCoverage``
+        per face."""
         if len(faces) != len(track_ids):
             raise ValueError(f"{len(faces)} faces but {len(track_ids)} track ids")
         if len(set(track_ids)) != len(track_ids):

@@ -7,6 +7,7 @@ FIFO worker, so output order equals input order and no frame is ever dropped.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import TypeVar
 import numpy as np
 
 from stream.audio import iter_audio_16k
+from stream.composite import FEATHER_PX
 from stream.detect import DetectorOptions
 from stream.errors import InputError
 from stream.inpaint import Inpainter
@@ -33,6 +35,7 @@ from stream.media import (
 from stream.occlusion import OcclusionModel
 from stream.restore import (
     FaceAnalyser,
+    FaceDecision,
     FrameFaces,
     RestoredFrame,
     ReuseCache,
@@ -45,13 +48,14 @@ from stream.track import TrackerOptions
 
 @dataclass(frozen=True)
 class ProcessOptions:
-    """Pipeline settings. ``feather_px``: width of the blend ramp outside the covered region
-    (crop pixels); ``queue_size``: frames buffered between two stages."""
+    """Pipeline settings. ``feather_px``: width of the blend ramp inside the covered region
+    (crop pixels; nothing outside the region ever changes); ``queue_size``: frames buffered
+    between two stages."""
 
     detector: DetectorOptions = field(default_factory=DetectorOptions)
     tracker: TrackerOptions = field(default_factory=TrackerOptions)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
-    feather_px: float = 6.0
+    feather_px: float = FEATHER_PX
     reuse: ReuseOptions | None = field(default_factory=ReuseOptions)
     """Reuse each track's restored crop while it still fits (None: regenerate every frame)."""
     queue_size: int = 8
@@ -69,6 +73,78 @@ class StageStats:
     p50_ms: float
     p95_ms: float
     total_ms: float
+
+
+@dataclass(frozen=True)
+class TrackCoverage:
+    """What the region model decided for one track over the whole file: ``frames`` it was
+    seen in, ``covered_frames`` with a non-empty region, ``restored_frames`` composited,
+    and its coverage score (``FaceDecision.coverage``: with ``--mask-detect`` the covered
+    fraction of the face region) as a mean and a maximum over its frames."""
+
+    track_id: int
+    frames: int
+    covered_frames: int
+    restored_frames: int
+    mean_coverage: float
+    max_coverage: float
+
+    def line(self) -> str:
+        """One human-readable line for logs."""
+        return (
+            f"track {self.track_id}: {self.frames} frames, covered in {self.covered_frames}, "
+            f"restored in {self.restored_frames}, coverage mean {self.mean_coverage:.3f} "
+            f"max {self.max_coverage:.3f}"
+        )
+
+
+@dataclass
+class _TrackTally:
+    frames: int = 0
+    covered: int = 0
+    restored: int = 0
+    coverage_sum: float = 0.0
+    coverage_max: float = 0.0
+    last_covered: bool | None = None
+
+
+@dataclass
+class _CoverageTally:
+    """Running per-track sums behind ``TrackCoverage``; logs when a track's decision flips
+    (a handful of lines per file, not one per frame)."""
+
+    tracks: dict[int, _TrackTally] = field(default_factory=dict)
+
+    def add(self, frame_index: int, decisions: tuple[FaceDecision, ...]) -> None:
+        for d in decisions:
+            t = self.tracks.setdefault(d.track_id, _TrackTally())
+            t.frames += 1
+            t.covered += int(d.covered)
+            t.restored += int(d.restored)
+            t.coverage_sum += d.coverage
+            t.coverage_max = max(t.coverage_max, d.coverage)
+            if t.last_covered != d.covered:
+                _log.info(
+                    "frame %d: track %d %s (coverage %.3f)",
+                    frame_index,
+                    d.track_id,
+                    "covered, restoring" if d.covered else "not covered, left as decoded",
+                    d.coverage,
+                )
+                t.last_covered = d.covered
+
+    def summary(self) -> tuple[TrackCoverage, ...]:
+        return tuple(
+            TrackCoverage(
+                track_id=track_id,
+                frames=t.frames,
+                covered_frames=t.covered,
+                restored_frames=t.restored,
+                mean_coverage=t.coverage_sum / t.frames,
+                max_coverage=t.coverage_max,
+            )
+            for track_id, t in sorted(self.tracks.items())
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +168,8 @@ class ProcessReport:
     """Track ids present in each output frame."""
     stages: dict[str, StageStats]
     wall_s: float
+    coverage: tuple[TrackCoverage, ...] = ()
+    """Per track, what the region model decided (see ``TrackCoverage``)."""
 
     @property
     def fps(self) -> float:
@@ -106,6 +184,7 @@ class ProcessReport:
 
 
 _END = object()
+_log = logging.getLogger(__name__)
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -266,6 +345,7 @@ def process_file(
     runner = _Runner(queue_size=options.queue_size)
     track_ids: list[tuple[int, ...]] = []
     faces_restored = 0
+    tally = _CoverageTally()
     encode_times = runner.timings.setdefault("encode", [])
     with (
         VideoReader(input_path, threads=options.decode_threads) as reader,
@@ -283,6 +363,7 @@ def process_file(
                 encode_times.append(time.perf_counter() - start)
                 track_ids.append(item.track_ids)
                 faces_restored += len(item.faces)
+                tally.add(item.frame.index, item.decisions)
                 if progress is not None:
                     progress(len(track_ids), info.expected_frames)
         finally:
@@ -310,4 +391,5 @@ def process_file(
         track_ids=tuple(track_ids),
         stages={name: _stats(times) for name, times in runner.timings.items()},
         wall_s=time.perf_counter() - started,
+        coverage=tally.summary(),
     )

@@ -48,12 +48,29 @@ class RestoredFace:
     result: InpaintResult
 
 
+@dataclass(frozen=True)
+class FaceDecision:
+    """What the region model decided for one face of one frame, for logs and reports (a
+    user asking why a face was or was not restored needs these three numbers).
+
+    ``coverage``: the occlusion model's score: with ``--mask-detect`` the covered fraction
+    of the face region, 1.0 for a fixed region; ``covered``: the region to restore is not
+    empty; ``restored``: the face was composited (an uncovered face is left bit for bit)."""
+
+    track_id: int
+    coverage: float
+    covered: bool
+    restored: bool
+
+
 @dataclass(frozen=True, eq=False)
 class RestoredFrame:
-    """The output frame and, per face, what was restored."""
+    """The output frame and, per face, what was restored; ``decisions`` holds every face of
+    the frame, covered or not."""
 
     frame: VideoFrame
     faces: tuple[RestoredFace, ...]
+    decisions: tuple[FaceDecision, ...] = ()
 
     @property
     def track_ids(self) -> tuple[int, ...]:
@@ -196,7 +213,9 @@ def restore_frame(
 ) -> RestoredFrame:
     """Inpaint every face of ``work`` (one batch) and blend the covered regions back.
 
-    With ``reuse``, faces whose cached crop still fits are not sent to the inpainter."""
+    Only the covered region of each face changes (``stream.composite``); ``feather_px`` is
+    the blend ramp's width inside it. With ``reuse``, faces whose cached crop still fits
+    are not sent to the inpainter."""
     if reuse is not None:
         reuse.keep_only({f.track_id for f in work.faces})
     if not work.faces:
@@ -240,4 +259,14 @@ def restore_frame(
     frame = VideoFrame(
         index=work.frame.index, pts=work.frame.pts, time_base=work.frame.time_base, image=image
     )
-    return RestoredFrame(frame=frame, faces=tuple(restored))
+    done, covered_set = {f.track_id for f in restored}, set(covered)
+    decisions = tuple(
+        FaceDecision(
+            track_id=face.track_id,
+            coverage=float(occ.score),
+            covered=i in covered_set,
+            restored=face.track_id in done,
+        )
+        for i, (face, occ) in enumerate(zip(work.faces, occlusions, strict=True))
+    )
+    return RestoredFrame(frame=frame, faces=tuple(restored), decisions=decisions)

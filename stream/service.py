@@ -33,6 +33,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from stream.composite import FEATHER_PX
 from stream.detect import DetectorOptions
 from stream.errors import AvstreamError
 from stream.inpaint import Inpainter, OpenCVInpainter
@@ -390,7 +391,7 @@ def _parse_options(options: dict[str, Any]) -> _Settings:
         box = options.get("mask_box")
         region = box_mask(parse_box(",".join(str(v) for v in box)) if box is not None else None)
         detect_every = int_field({"d": options.get("detect_every", 5)}, "d", 1, 1000)
-        feather = options.get("feather_px", 6.0)
+        feather = options.get("feather_px", FEATHER_PX)
         if (
             isinstance(feather, bool)
             or not isinstance(feather, int | float)

@@ -4,7 +4,9 @@ no partial output, and the input never touched."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -48,6 +50,26 @@ def test_process_writes_restored_video(
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_verbose_mask_detect_logs_what_was_decided_per_track(
+    clip: ClipTruth,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "out.mp4"
+    args = ["process", str(clip.path), "-o", str(out), "--mask-detect", "--inpainter", "telea"]
+    with caplog.at_level(logging.INFO, logger="stream"):
+        assert main(["-v", *args, *FAST]) == 0
+    assert "50 frames" in capsys.readouterr().out
+    messages = [r.getMessage() for r in caplog.records]
+    # The decision when it first holds, and the per-track summary at the end.
+    assert any(
+        re.match(r"frame \d+: track 1 covered, restoring \(coverage 0\.\d+\)", m) for m in messages
+    )
+    summary = [m for m in messages if m.startswith("track 1: 50 frames, covered in ")]
+    assert len(summary) == 1 and "coverage mean 0." in summary[0]
 
 
 def test_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,6 +128,8 @@ def test_missing_output_directory(
     [
         (["--mask-threshold", "0.1"], "--mask-threshold needs --mask-detect"),
         (["--mask-detect", "--mask-threshold", "0"], "--mask-threshold must be within"),
+        (["--mask-dilate-px", "2"], "--mask-dilate-px needs --mask-detect"),
+        (["--mask-detect", "--mask-dilate-px", "-1"], "--mask-dilate-px must be within"),
         (["--mask-box", "1,2,3"], "four integers"),
         (["--mask-box", "0,0,300,10"], "does not fit"),
         (["--crf", "99"], "crf"),

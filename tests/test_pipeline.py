@@ -85,6 +85,15 @@ def test_one_stable_track_through_the_clip(processed: ProcessReport) -> None:
     assert 0 < processed.faces_regenerated < processed.faces_restored
 
 
+def test_what_the_region_model_decided_is_reported_per_track(processed: ProcessReport) -> None:
+    (track,) = processed.coverage
+    assert track.track_id == 1
+    assert track.frames == track.covered_frames == track.restored_frames == processed.frames_out
+    # A fixed region scores 1.0 (--mask-detect: the covered fraction of the face).
+    assert track.mean_coverage == track.max_coverage == 1.0
+    assert track.line().startswith(f"track 1: {processed.frames_out} frames, covered in ")
+
+
 def test_stage_timings_are_reported(processed: ProcessReport) -> None:
     assert {"decode", "track_align", "inpaint_composite", "encode"} <= set(processed.stages)
     assert processed.stages["track_align"].count == processed.frames_out

@@ -1,12 +1,28 @@
-"""Per-track reuse of restored crops and the cross-fade."""
+"""Per-track reuse of restored crops and the cross-fade; what ``restore_frame`` changes and
+what it reports per face."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
+import cv2
 import numpy as np
 import pytest
 
+from avinpaint.geometry import invert_affine
+from avinpaint.spec import CROP_SIZE
+from stream.composite import FEATHER_PX, changed_region, feather
+from stream.inpaint import OpenCVInpainter
 from stream.region import box_mask
-from stream.restore import ReuseCache, ReuseOptions
+from stream.restore import (
+    FaceDecision,
+    FrameFaces,
+    ReuseCache,
+    ReuseOptions,
+    TrackedFace,
+    restore_frame,
+)
+from stream.types import AlignedFace, Occlusion, VideoFrame
 
 
 def _crop(level: int) -> np.ndarray:
@@ -62,3 +78,48 @@ def test_bad_options() -> None:
         ReuseOptions(change_levels=-1)
     with pytest.raises(ValueError):
         ReuseOptions(crossfade_frames=0)
+
+
+class _TwoFaces:
+    """An occlusion model for two faces: the first covered by ``mask``, the second not."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+
+    def predict(self, faces: list[AlignedFace]) -> list[Occlusion]:
+        empty = np.zeros_like(self.mask)
+        return [Occlusion(self.mask, 0.31), Occlusion(empty, 0.01)]
+
+
+def _face(image: np.ndarray, affine: np.ndarray, track_id: int) -> TrackedFace:
+    crop = np.asarray(
+        cv2.warpAffine(image, affine, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR), np.uint8
+    )
+    aligned = AlignedFace(crop=crop, affine=affine, inverse_affine=invert_affine(affine))
+    return TrackedFace(track_id=track_id, box=(0.0, 0.0, 10.0, 10.0), aligned=aligned)
+
+
+@pytest.mark.parametrize("feather_px", [FEATHER_PX, 5.0])
+def test_restore_frame_changes_only_the_covered_region_and_reports_every_face(
+    feather_px: float,
+) -> None:
+    image = np.random.default_rng(3).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    # Two faces, frame -> crop: one enlarged and turned, one shrunk, side by side.
+    first = np.array([[1.4, 0.3, -40.0], [-0.3, 1.4, -20.0]])
+    second = np.array([[1.8, 0.0, -440.0], [0.0, 1.8, -250.0]])
+    mask = box_mask((40, 120, 170, 110))
+    work = FrameFaces(
+        frame=VideoFrame(index=9, pts=9, time_base=Fraction(1, 25), image=image),
+        faces=(_face(image, first, 3), _face(image, second, 4)),
+    )
+    restored = restore_frame(work, OpenCVInpainter("telea"), _TwoFaces(mask), feather_px)
+    out = restored.frame.image
+    hole = changed_region(feather(mask, feather_px), invert_affine(first), image.shape[:2])
+    # Bit for bit outside the first face's warped hole (the second face is not covered).
+    np.testing.assert_array_equal(out[~hole], image[~hole])
+    assert np.any(out[hole] != image[hole])
+    assert restored.track_ids == (3,)
+    assert restored.decisions == (
+        FaceDecision(track_id=3, coverage=0.31, covered=True, restored=True),
+        FaceDecision(track_id=4, coverage=0.01, covered=False, restored=False),
+    )

@@ -588,6 +588,17 @@ def pipeline_summary(report: ProcessReport) -> dict[str, Any]:
         "faces_regenerated": report.faces_regenerated,
         "speaker_windows": report.speaker_windows,
         "audio": report.audio_mode,
+        "tracks": [
+            {
+                "track_id": t.track_id,
+                "frames": t.frames,
+                "covered_frames": t.covered_frames,
+                "restored_frames": t.restored_frames,
+                "mean_coverage": round(t.mean_coverage, 4),
+                "max_coverage": round(t.max_coverage, 4),
+            }
+            for t in report.coverage
+        ],
     }
 
 

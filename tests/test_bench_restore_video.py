@@ -66,6 +66,26 @@ def test_mask_is_painted_detected_and_restored(result: tuple[dict[str, Any], Pat
     assert result[0]["ratio_to_transcode"]["telea"] > 0.0
 
 
+def test_restored_region_identity_and_decisions_are_reported(
+    result: tuple[dict[str, Any], Path],
+) -> None:
+    report = result[0]
+    metrics = report["metrics"]
+    telea, reference = metrics["telea"], metrics["telea_true_mask"]
+    # The pixels the compositor may change are the detected region, not more: mostly mask.
+    assert telea["changed_precision"] >= 0.9
+    assert telea["changed_iou"] > 0.6
+    for method in ("masked", "telea", "telea_true_mask"):
+        assert -1.0 <= metrics[method]["sface_cosine"] <= 1.0
+    assert reference["psnr_db"] > metrics["masked"]["psnr_db"]
+    (track,) = telea["tracks"]
+    assert track["frames"] == report["frames"]
+    assert track["restored_frames"] == track["covered_frames"] >= 45
+    assert 0.04 <= track["mean_coverage"] <= track["max_coverage"] <= 1.0
+    assert report["feather_px"] == {"telea": 0.0} and report["dilate_px"] == 0
+    assert {p.name for p in result[1].glob("*.mp4")} >= {"restored_telea_true_mask.mp4"}
+
+
 def test_measure_refuses_a_clip_of_another_length(clean: ClipTruth, tmp_path: Path) -> None:
     clip = make_masked_clip(clean.path, tmp_path / "masked.mp4", seed=1, max_frames=5)
     assert len(clip.pts) == 5 and clip.truth[0].any()

@@ -535,11 +535,20 @@ def report_extras(restoration: Restoration) -> dict[str, Any]:
     for item in dataclasses.fields(restoration.report):
         if item.name in _KNOWN_REPORT_FIELDS:
             continue
-        value = getattr(restoration.report, item.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = dataclasses.asdict(value)
-        extras[item.name] = json.loads(json.dumps(value, default=str))
+        extras[item.name] = _jsonable(getattr(restoration.report, item.name))
     return extras
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with dataclasses as dicts and tuples as lists; anything else JSON cannot
+    hold as its string."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return json.loads(json.dumps(value, default=str))
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

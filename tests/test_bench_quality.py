@@ -22,6 +22,7 @@ from bench.quality import (
     main,
     measure_clip,
     median_pitch_hz,
+    occluder_shapes,
     pick_partner,
 )
 from bench.restore_video import make_masked_clip
@@ -230,3 +231,12 @@ def test_median_pitch_and_partner() -> None:
     # Another person, the other voice class, enough audio.
     assert pick_partner(low, clips) is high_long
     assert pick_partner(low, [low, same_person]) is None
+
+
+@pytest.mark.parametrize("kind", ["hand", "n95"])
+def test_occluder_kind_is_painted(kind: str, own: ClipTruth, tmp_path: Path) -> None:
+    shapes = occluder_shapes(kind)
+    clip = make_masked_clip(own.path, tmp_path / "m.mp4", seed=2, max_frames=2, shapes=shapes)
+    assert set(clip.kinds.values()) == {kind} and clip.truth[0].any()
+    again = make_masked_clip(own.path, tmp_path / "n.mp4", seed=2, max_frames=2, shapes=shapes)
+    assert np.array_equal(clip.truth[1], again.truth[1])  # seeded: the same paint twice

@@ -101,8 +101,9 @@ CONDITIONS = ("masked", "telea_true", "telea", "model", "model_swapped", "model_
 MODEL_CONDITIONS = ("model", "model_swapped", "model_novoice")
 OCCLUDERS = (*(str(kind) for kind in FACE_MASK_KINDS), "hand")
 MONTAGE = ("original", "masked", "telea_true", "model")
-LOW_VOICE_HZ = 165.0
-"""Median pitch under which a voice counts as low (most men) rather than high."""
+LOW_VOICE_HZ = 175.0
+"""Median pitch under which a voice counts as low rather than high: most men speak under it
+and most women over it, though emotional speech (MEAD) lifts some men above it."""
 SFACE_MARGIN = 0.03
 """The summary checks SFace(model) >= SFace(masked) - SFACE_MARGIN per clip."""
 TILE_PX = 128
@@ -673,6 +674,15 @@ def markdown(report: dict[str, Any]) -> str:
     """One table per metric: a row per clip and a mean row, a column per condition."""
     conditions: list[str] = report["settings"]["conditions"]
     lines = [f"# Restoration quality ({report['settings']['model']})", ""]
+    lines += ["## Clips", "", "| clip | person | occluder | frames | voice | swapped with |"]
+    lines.append("|---|---|---|---|---|---|")
+    for name, clip in report["clips"].items():
+        frames = f"{clip['first_frame']}-{clip['first_frame'] + clip['frames'] - 1}"
+        frames += f" of {clip['frames_in_clip']}"
+        pitch = "n/a" if clip["pitch_hz"] is None else f"{clip['voice']} {clip['pitch_hz']:.0f} Hz"
+        cells = [name, clip["person"], clip["occluder"], frames, pitch, str(clip["swap_partner"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
     for metric, title, fmt in _TABLES:
         lines += [f"## {title}", "", "| clip | occluder | " + " | ".join(conditions) + " |"]
         lines.append("|---|---|" + "---:|" * len(conditions))

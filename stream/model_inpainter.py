@@ -39,6 +39,7 @@ import torch
 from engines.backends import Array, Backend, SpeakerArrays
 from engines.export import speaker_input_shape
 from stream.blend import poisson_blend
+from stream.guard import DEFAULT_GUARD, GuardOptions, GuardVerdict, check_fill, safe_fill
 from stream.inpaint import check_batch
 from stream.speaker import SpeechWindow
 from stream.types import Image, InpaintResult, Mask
@@ -88,6 +89,9 @@ class ModelInpainter:
     the fill's colour cast and seam; off gives the network's composite as is.
     ``front_end`` turns speech into the model's speaker input for ``use_speech``; by default
     the one the model's config names (``avinpaint.speaker``), made on first use.
+    ``guard``: check every fill against the visible face (``stream.guard``) and replace one
+    that fails by the safe Telea fill, recorded in its result (``guard``, ``fallback``);
+    None turns the guard off.
     Thread-safe: ``set_speaker`` may be called from the audio thread while another thread
     calls ``inpaint``; backend calls are serialised. Closing the inpainter closes the backend.
     """
@@ -98,12 +102,14 @@ class ModelInpainter:
         max_batch: int = 8,
         front_end: SpeakerFrontEnd | None = None,
         blend: bool = True,
+        guard: GuardOptions | None = DEFAULT_GUARD,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._backend = backend
         self._front_end = front_end
         self._blend = blend
+        self._guard = guard
         limit = backend.max_batch
         self._max_batch = max_batch if limit is None else min(max_batch, limit)
         self._lock = threading.Lock()
@@ -186,12 +192,30 @@ class ModelInpainter:
                         poisson_blend(face, crop, mask)
                         for face, crop, mask in zip(faces, crops[chunk], masks[chunk], strict=True)
                     ]
+                checked = [
+                    self._check(face, crop, mask)
+                    for face, crop, mask in zip(faces, crops[chunk], masks[chunk], strict=True)
+                ]
                 per_face_ms = (time.perf_counter() - began) * 1000.0 / len(faces)
                 results.extend(
-                    InpaintResult(face_256=face, backend=self.name, latency_ms=per_face_ms)
-                    for face in faces
+                    InpaintResult(
+                        face_256=face,
+                        backend=self.name,
+                        latency_ms=per_face_ms,
+                        guard=verdict,
+                        fallback=verdict is not None and not verdict.passed,
+                    )
+                    for face, verdict in checked
                 )
         return results
+
+    def _check(self, face: Image, crop: Image, mask: Mask) -> tuple[Image, GuardVerdict | None]:
+        """The face to show and the guard's verdict: a fill that fails is replaced by the
+        safe Telea fill (a smooth face is better than a visibly broken one)."""
+        if self._guard is None:
+            return face, None
+        verdict = check_fill(crop, mask, face, self._guard)
+        return (face if verdict.passed else safe_fill(crop, mask)), verdict
 
     def close(self) -> None:
         """Close the backend."""

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from stream.guard import GuardVerdict
 
 Image = npt.NDArray[np.uint8]
 FloatArray = npt.NDArray[np.float64]
@@ -80,8 +84,13 @@ class Occlusion:
 
 @dataclass(frozen=True, eq=False)
 class InpaintResult:
-    """A restored aligned crop, the backend that made it, and how long it took."""
+    """A restored aligned crop, the backend that made it, and how long it took.
+
+    ``guard``: the fill guard's verdict on the backend's fill (None where no guard ran);
+    ``fallback``: the guard failed it and ``face_256`` is the safe fill instead."""
 
     face_256: Image
     backend: str
     latency_ms: float
+    guard: GuardVerdict | None = None
+    fallback: bool = False

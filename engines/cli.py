@@ -35,8 +35,8 @@ BACKEND_CHOICES: tuple[str, ...] = (
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--backend``, ``--no-blend``, ``--precision``, ``--max-batch``,
-    ``--engine-cache``."""
+    """``--model``, ``--backend``, ``--no-blend``, ``--no-guard``, ``--precision``,
+    ``--max-batch``, ``--engine-cache``."""
     group = parser.add_argument_group("model and backend")
     group.add_argument(
         "--model",
@@ -56,6 +56,13 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="composite the network's fill as is, without Poisson-blending it into the "
         "visible face (faster; shows the fill's colour cast and seam)",
+    )
+    group.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="show every fill of the network as drawn: do not check it against the visible "
+        "face nor replace a broken one (dark blotches, foreign colours, noise) by the safe "
+        "Telea fill (stream.guard)",
     )
     group.add_argument(
         "--precision",
@@ -105,6 +112,7 @@ def open_model_inpainter(args: argparse.Namespace, threads: int = 0) -> ModelInp
     """A ``ModelInpainter`` for ``--model`` on ``--backend``; use it
     as a context manager. Raises ``AvstreamError`` when the model or no backend can load."""
     from engines.backends import BackendError, select_backend
+    from stream.guard import DEFAULT_GUARD
     from stream.model_inpainter import ModelInpainter
 
     options = backend_options(args, threads)
@@ -113,7 +121,10 @@ def open_model_inpainter(args: argparse.Namespace, threads: int = 0) -> ModelInp
         selection = select_backend(args.backend, model, options)
     except BackendError as exc:
         raise AvstreamError(str(exc)) from exc
-    return ModelInpainter(selection.backend, max_batch=options.max_batch, blend=not args.no_blend)
+    guard = None if getattr(args, "no_guard", False) else DEFAULT_GUARD
+    return ModelInpainter(
+        selection.backend, max_batch=options.max_batch, blend=not args.no_blend, guard=guard
+    )
 
 
 def add_engines_subparser(

@@ -501,6 +501,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             engine_cache=args.engine_cache,
             no_blend=args.no_blend,
+            no_guard=args.no_guard,
         )
         open_model = functools.partial(open_model_inpainter, model_args, args.model_threads)
         inpainter = "model"
@@ -663,6 +664,11 @@ def _print_summary(report: ProcessReport) -> None:
         f"restored in {len(tracks)} track(s) ({report.faces_regenerated} regenerated), "
         f"audio {report.audio_mode}, {report.fps:.1f} fps"
     )
+    if report.faces_guarded:
+        print(
+            f"fill guard: {report.faces_guarded} fills checked, {report.faces_fell_back} "
+            "failed and were replaced by the safe Telea fill"
+        )
     if report.damaged:
         expected = report.expected_frames if report.expected_frames is not None else "?"
         reason = report.stopped_early or f"{report.corrupt_packets} corrupt packet(s)"

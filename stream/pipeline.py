@@ -170,6 +170,10 @@ class ProcessReport:
     wall_s: float
     coverage: tuple[TrackCoverage, ...] = ()
     """Per track, what the region model decided (see ``TrackCoverage``)."""
+    faces_guarded: int = 0
+    """Fills the inpainter's fill guard judged (``stream.guard``; 0 without a guard)."""
+    faces_fell_back: int = 0
+    """Of those, fills the guard failed and replaced by the safe Telea fill."""
 
     @property
     def fps(self) -> float:
@@ -345,6 +349,7 @@ def process_file(
     runner = _Runner(queue_size=options.queue_size)
     track_ids: list[tuple[int, ...]] = []
     faces_restored = 0
+    guarded = fell_back = 0
     tally = _CoverageTally()
     encode_times = runner.timings.setdefault("encode", [])
     with (
@@ -364,6 +369,16 @@ def process_file(
                 track_ids.append(item.track_ids)
                 faces_restored += len(item.faces)
                 tally.add(item.frame.index, item.decisions)
+                for face in item.faces:
+                    guarded += face.result.guard is not None
+                    fell_back += face.result.fallback
+                    if face.result.fallback and face.result.guard is not None:
+                        _log.info(
+                            "frame %d: track %d: fill failed the guard (%s), safe fill used",
+                            item.frame.index,
+                            face.track_id,
+                            face.result.guard.reason,
+                        )
                 if progress is not None:
                     progress(len(track_ids), info.expected_frames)
         finally:
@@ -392,4 +407,6 @@ def process_file(
         stages={name: _stats(times) for name, times in runner.timings.items()},
         wall_s=time.perf_counter() - started,
         coverage=tally.summary(),
+        faces_guarded=guarded,
+        faces_fell_back=fell_back,
     )

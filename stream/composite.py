@@ -24,10 +24,11 @@ BoolMask = npt.NDArray[np.bool_]
 
 FEATHER_PX = 0.0
 """Default width of the blend ramp inside the hole, crop pixels (``--feather-px``). Measured
-with Telea through ``--mask-detect`` on five real clips (``bench.restore_video``): a 2 px
-inner ramp lowered PSNR in the mask region on every clip (0.2-0.7 dB) against a hard edge,
-since the ramp mixes the occluder's own pixels back in at the hole's rim, and the fills
-(Telea; the model's, Poisson-blended) are already continuous with the visible skin there."""
+with Telea through ``--mask-detect`` on eight real LRS3, MEAD and PC-AVS clips
+(``bench.restore_video``): a 2 px inner ramp lowered PSNR in the mask region on every clip
+(0.16-1.1 dB) against a hard edge, since the ramp mixes the occluder's own pixels back in at
+the hole's rim, and the fills (Telea; the model's, Poisson-blended) are already continuous
+with the visible skin there."""
 
 
 def feather(mask_256: Mask, feather_px: float) -> Mask:

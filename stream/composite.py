@@ -31,6 +31,18 @@ the hole's rim, and the fills (Telea; the model's, Poisson-blended) are already 
 with the visible skin there."""
 
 
+def inpaint_hole(mask_256: Mask, context_px: int) -> Mask:
+    """The hole to hand the inpainter for a region: its pixels (coverage > 0.5) grown by
+    ``context_px`` (``Occlusion.context_px``). Only the inpainter's input; never what is
+    composited."""
+    hole = np.asarray(mask_256 > 0.5, dtype=np.uint8)
+    if context_px > 0:
+        side = 2 * context_px + 1
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+        hole = np.asarray(cv2.dilate(hole, kernel), np.uint8)
+    return hole.astype(np.float32)
+
+
 def feather(mask_256: Mask, feather_px: float) -> Mask:
     """Blend weights from a coverage mask: exactly 0 outside the hole (coverage <= 0.5),
     rising from near 0 at the hole's edge to 1 at ``feather_px`` crop pixels inside it.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream.align import align_face
-from stream.composite import composite, feather
+from stream.composite import composite, feather, inpaint_hole
 from stream.detect import DetectorOptions, FaceDetector
 from stream.inpaint import Inpainter
 from stream.occlusion import OcclusionModel
@@ -214,8 +214,9 @@ def restore_frame(
     """Inpaint every face of ``work`` (one batch) and blend the covered regions back.
 
     Only the covered region of each face changes (``stream.composite``); ``feather_px`` is
-    the blend ramp's width inside it. With ``reuse``, faces whose cached crop still fits
-    are not sent to the inpainter."""
+    the blend ramp's width inside it. The inpainter sees the region grown by the
+    occlusion's ``context_px``, so its fill never reads an occluder's rim. With ``reuse``,
+    faces whose cached crop still fits are not sent to the inpainter."""
     if reuse is not None:
         reuse.keep_only({f.track_id for f in work.faces})
     if not work.faces:
@@ -233,7 +234,8 @@ def restore_frame(
         )
     ]
     generated = inpainter.inpaint(
-        [aligned[i].crop for i in fresh], [occlusions[i].mask_256 for i in fresh]
+        [aligned[i].crop for i in fresh],
+        [inpaint_hole(occlusions[i].mask_256, occlusions[i].context_px) for i in fresh],
     )
     by_index = dict(zip(fresh, generated, strict=True))
     image = work.frame.image

@@ -76,10 +76,15 @@ class AlignedFace:
 
 @dataclass(frozen=True, eq=False)
 class Occlusion:
-    """Which pixels of an aligned crop are covered (``mask_256`` in [0, 1]) and how sure."""
+    """Which pixels of an aligned crop are covered (``mask_256`` in [0, 1]) and how sure.
+
+    ``context_px``: how far beyond the region the inpainter should treat pixels as unknown
+    too (crop pixels), for a region whose edge may still hold some of the occluder (a
+    segmenter's); only the region itself is ever composited. 0 for a region given exactly."""
 
     mask_256: Mask
     score: float
+    context_px: int = 0
 
 
 @dataclass(frozen=True, eq=False)

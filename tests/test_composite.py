@@ -6,7 +6,7 @@ import pytest
 
 from avinpaint.geometry import invert_affine
 from avinpaint.spec import CROP_SIZE
-from stream.composite import FEATHER_PX, changed_region, composite, feather
+from stream.composite import FEATHER_PX, changed_region, composite, feather, inpaint_hole
 from stream.region import box_mask
 
 
@@ -111,3 +111,12 @@ def test_empty_weight_or_offscreen_region_leaves_the_frame() -> None:
     far = np.array([[1.0, 0, 5000.0], [0, 1.0, 5000.0]])
     np.testing.assert_array_equal(composite(frame, crop, box_mask(), far), frame)
     assert not changed_region(box_mask(), far, frame.shape[:2]).any()
+
+
+def test_the_inpainters_hole_is_the_region_grown_by_its_context() -> None:
+    mask = box_mask((100, 100, 50, 50))
+    np.testing.assert_array_equal(inpaint_hole(mask, 0), mask)
+    grown = inpaint_hole(mask, 2)
+    assert (grown[mask > 0] == 1).all()
+    assert grown[125, 98] == 1 and grown[125, 97] == 0  # 2 px beyond the left edge
+    assert grown[98, 98] == 0  # a round kernel: the corner grows less

@@ -95,6 +95,13 @@ def test_covered_face_mask_is_exactly_the_covered_pixels_by_default() -> None:
     np.testing.assert_array_equal(coverage.mask_256, (probability > 0.5).astype(np.float32))
 
 
+def test_occlusions_ask_the_inpainter_for_context_beyond_the_region() -> None:
+    detector = MaskDetector(MaskDetectOptions(context_px=3), _scripted([_box(130, 230)]))
+    (occlusion,) = detector.predict([_aligned()])
+    assert occlusion.context_px == 3
+    assert MaskDetectOptions().context_px == 2
+
+
 def test_covered_face_mask_is_dilated_on_request() -> None:
     options = MaskDetectOptions(dilate_px=3)
     detector = MaskDetector(options, _scripted([_box(130, 230)]))
@@ -167,6 +174,8 @@ def test_options_are_checked() -> None:
         MaskDetectOptions(smoothing=0.0)
     with pytest.raises(ValueError):
         MaskDetectOptions(dilate_px=-1)
+    with pytest.raises(ValueError):
+        MaskDetectOptions(context_px=-1)
 
 
 # --- the shipped segmenter -------------------------------------------------------------------

@@ -3,6 +3,7 @@ what it reports per face."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 
 import cv2
@@ -11,7 +12,7 @@ import pytest
 
 from avinpaint.geometry import invert_affine
 from avinpaint.spec import CROP_SIZE
-from stream.composite import FEATHER_PX, changed_region, feather
+from stream.composite import FEATHER_PX, changed_region, feather, inpaint_hole
 from stream.inpaint import OpenCVInpainter
 from stream.region import box_mask
 from stream.restore import (
@@ -22,7 +23,7 @@ from stream.restore import (
     TrackedFace,
     restore_frame,
 )
-from stream.types import AlignedFace, Occlusion, VideoFrame
+from stream.types import AlignedFace, Image, InpaintResult, Mask, Occlusion, VideoFrame
 
 
 def _crop(level: int) -> np.ndarray:
@@ -81,14 +82,27 @@ def test_bad_options() -> None:
 
 
 class _TwoFaces:
-    """An occlusion model for two faces: the first covered by ``mask``, the second not."""
+    """An occlusion model for two faces: the first covered by ``mask`` (with 2 px of
+    context for the inpainter), the second not."""
 
     def __init__(self, mask: np.ndarray) -> None:
         self.mask = mask
 
     def predict(self, faces: list[AlignedFace]) -> list[Occlusion]:
         empty = np.zeros_like(self.mask)
-        return [Occlusion(self.mask, 0.31), Occlusion(empty, 0.01)]
+        return [Occlusion(self.mask, 0.31, context_px=2), Occlusion(empty, 0.01)]
+
+
+class _Recording(OpenCVInpainter):
+    """Telea that keeps the holes it was given."""
+
+    def __init__(self) -> None:
+        super().__init__("telea")
+        self.holes: list[np.ndarray] = []
+
+    def inpaint(self, crops: Sequence[Image], masks: Sequence[Mask]) -> list[InpaintResult]:
+        self.holes += list(masks)
+        return super().inpaint(crops, masks)
 
 
 def _face(image: np.ndarray, affine: np.ndarray, track_id: int) -> TrackedFace:
@@ -112,7 +126,11 @@ def test_restore_frame_changes_only_the_covered_region_and_reports_every_face(
         frame=VideoFrame(index=9, pts=9, time_base=Fraction(1, 25), image=image),
         faces=(_face(image, first, 3), _face(image, second, 4)),
     )
-    restored = restore_frame(work, OpenCVInpainter("telea"), _TwoFaces(mask), feather_px)
+    inpainter = _Recording()
+    restored = restore_frame(work, inpainter, _TwoFaces(mask), feather_px)
+    # The inpainter saw the region and its 2 px of context; only the region is composited.
+    (hole_seen,) = inpainter.holes
+    np.testing.assert_array_equal(hole_seen, inpaint_hole(mask, 2))
     out = restored.frame.image
     hole = changed_region(feather(mask, feather_px), invert_affine(first), image.shape[:2])
     # Bit for bit outside the first face's warped hole (the second face is not covered).

@@ -40,7 +40,7 @@ model; the middle frame's face) into ``-o DIR``.
 
     python -m bench.quality [-o DIR] [--clips PATH|DIR|GLOB ...] [--max-frames 50]
         [--conditions masked telea_true telea model model_swapped model_novoice]
-        [--model lite|PATH.safetensors] [--seed 0] [--dlib-every 10] [--keep]
+        [--model lite|PATH.safetensors] [--no-guard] [--seed 0] [--dlib-every 10] [--keep]
 """
 
 from __future__ import annotations
@@ -673,7 +673,8 @@ _TABLES = (
 def markdown(report: dict[str, Any]) -> str:
     """One table per metric: a row per clip and a mean row, a column per condition."""
     conditions: list[str] = report["settings"]["conditions"]
-    lines = [f"# Restoration quality ({report['settings']['model']})", ""]
+    guard = "" if report["settings"]["guard"] else ", no fill guard"
+    lines = [f"# Restoration quality ({report['settings']['model']}{guard})", ""]
     lines += ["## Clips", "", "| clip | person | occluder | frames | voice | swapped with |"]
     lines.append("|---|---|---|---|---|---|")
     for name, clip in report["clips"].items():
@@ -728,7 +729,8 @@ def _open_model(args: argparse.Namespace) -> Iterator[ModelInpainter | None]:
     if not set(args.conditions) & set(MODEL_CONDITIONS):
         yield None
         return
-    backend = parse_backend_arguments(["--model", args.model, "--backend", "onnxruntime"])
+    argv = ["--model", args.model, "--backend", "onnxruntime"]
+    backend = parse_backend_arguments([*argv, "--no-guard"] if args.no_guard else argv)
     with open_model_inpainter(backend, threads=1) as model:
         yield model
 
@@ -766,6 +768,7 @@ def settings(args: argparse.Namespace, identity: Identity) -> dict[str, Any]:
     """What the numbers depend on, and how to read them."""
     return {
         "model": args.model,
+        "guard": not args.no_guard,
         "conditions": list(args.conditions),
         "max_frames": args.max_frames,
         "frames": "first" if args.head else "last",
@@ -803,6 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head", action="store_true", help="the first frames, not the last")
     parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     parser.add_argument("--model", default="lite", help="lite or a generator .safetensors")
+    parser.add_argument(
+        "--no-guard", action="store_true", help="the model without its fill guard (--no-guard)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="varies every clip's occluder")
     parser.add_argument("--dlib-every", type=int, default=10, help="dlib on every Nth frame")
     parser.add_argument("--keep", action="store_true", help="keep the mp4 files in -o DIR")

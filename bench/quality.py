@@ -16,6 +16,12 @@ restored under every condition, each from the same masked file:
 - ``model_swapped``: the same, hearing another person's speech (``--speaker-audio``: the
   partner clip's audio, preferably a voice of the other pitch class, see ``pick_partner``);
 - ``model_novoice``: the same with no speech (``--speaker-audio none``: the neutral speaker).
+- ``model_true``: the network given the TRUE painted region instead of the detector's
+  (``model_true_mask``: each painted face's crop, the truth warped into it, the pipeline's
+  ``context_px`` of context, composited into exactly that region, no temporal reuse), with
+  the speaker the ``model`` run heard last (the clip's own voice at its end), or the neutral
+  speaker when that run is not asked for. It separates the fill's quality from the
+  detector's: ``model`` vs ``model_true`` is what detection costs.
 
 Only the last ``--max-frames`` frames of a clip are restored and measured (``--head`` takes
 the first ones): the speaker window is causal and needs 2 s of speech, so a frame hears
@@ -68,9 +74,11 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from avinpaint.geometry import invert_affine
 from avinpaint.spec import AUDIO_SAMPLE_RATE_HZ, CROP_SIZE
 from bench.restore_video import (
     DILATE_PX,
+    ENCODE,
     DetectionOverlap,
     MaskedClip,
     PixelErrors,
@@ -85,11 +93,12 @@ from bench.restore_video import (
 )
 from engines.cli import open_model_inpainter, parse_backend_arguments
 from stream.audio import read_audio_16k
+from stream.composite import composite, inpaint_hole
 from stream.inpaint import Inpainter, OpenCVInpainter
-from stream.mask_detect import face_region
-from stream.media import VideoReader, probe
+from stream.mask_detect import MaskDetectOptions, face_region
+from stream.media import VideoReader, VideoWriter, probe
 from stream.model_inpainter import ModelInpainter
-from stream.types import Image, InpaintResult, Mask
+from stream.types import Image, InpaintResult, Mask, VideoFrame
 from training.masks import FACE_MASK_KINDS, FaceMaskShape, HandBlob, ShapeGenerator
 from training.metrics import DlibFace, dlib_available
 from training.prepare import OpenCvSFace
@@ -97,8 +106,16 @@ from training.prepare import OpenCvSFace
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_CLIPS = ROOT.parent / "shared" / "data" / "talking_heads" / "eval_only"
 EVAL_INDEX = EVAL_CLIPS.parent / "index_more_and_eval.csv"
-CONDITIONS = ("masked", "telea_true", "telea", "model", "model_swapped", "model_novoice")
-MODEL_CONDITIONS = ("model", "model_swapped", "model_novoice")
+CONDITIONS = (
+    "masked",
+    "telea_true",
+    "telea",
+    "model",
+    "model_true",
+    "model_swapped",
+    "model_novoice",
+)
+MODEL_CONDITIONS = ("model", "model_true", "model_swapped", "model_novoice")
 OCCLUDERS = (*(str(kind) for kind in FACE_MASK_KINDS), "hand")
 MONTAGE = ("original", "masked", "telea_true", "model")
 LOW_VOICE_HZ = 175.0
@@ -293,6 +310,14 @@ class Restorer:
                 files[name] = clip.path
             elif name == "telea_true":
                 files[name] = telea_true_mask(clip, output)
+            elif name == "model_true":
+                if self.model is None:
+                    raise RuntimeError("model_true needs the model")
+                if "model" not in self.conditions:
+                    self.model.use_features(None)
+                counting = CountingInpainter(self.model)
+                files[name] = model_true_mask(clip, output, counting)
+                self.fills[name] = counting.counts()
             else:
                 restorations[name] = self._pipeline(name, clip.path, output, partner)
                 files[name] = output
@@ -322,6 +347,39 @@ class Restorer:
             raise RuntimeError("model_swapped needs another person's clip")
         sink = self.model.use_speech
         return counting, restore_with(masked, output, name, counting, sink, speaker_audio=audio)
+
+
+def model_true_mask(clip: MaskedClip, output: Path, inpainter: Inpainter) -> Path:
+    """``inpainter`` on every painted face with the TRUE painted region: the face's crop cut
+    with the painting's own alignment, the truth warped into it (covered where >= 0.5), the
+    inpainter seeing that region grown by the pipeline's ``context_px`` and the composite
+    changing exactly the region, as the pipeline does with a detected one."""
+    context_px = MaskDetectOptions().context_px
+    with (
+        VideoReader(clip.path, threads=1) as reader,
+        VideoWriter(output, clip.info, ENCODE, copy_audio_from=clip.path) as writer,
+    ):
+        for index, frame in enumerate(reader):
+            image = frame.image
+            truth = clip.truth[index].astype(np.float32)
+            for affine in clip.affines[index]:
+                size = (CROP_SIZE, CROP_SIZE)
+                crop = cv2.warpAffine(
+                    image, affine, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+                )
+                warped = cv2.warpAffine(truth, affine, size, flags=cv2.INTER_LINEAR)
+                hole = np.asarray(warped >= 0.5, np.float32)
+                if not hole.any():
+                    continue
+                (result,) = inpainter.inpaint(
+                    [np.asarray(crop, np.uint8)], [inpaint_hole(hole, context_px)]
+                )
+                image = composite(image, result.face_256, hole, invert_affine(affine))
+            writer.write(
+                VideoFrame(index=frame.index, pts=frame.pts, time_base=frame.time_base, image=image)
+            )
+        writer.finish()
+    return output
 
 
 # --- measuring -------------------------------------------------------------------------------

@@ -240,3 +240,36 @@ def test_occluder_kind_is_painted(kind: str, own: ClipTruth, tmp_path: Path) -> 
     assert set(clip.kinds.values()) == {kind} and clip.truth[0].any()
     again = make_masked_clip(own.path, tmp_path / "n.mp4", seed=2, max_frames=2, shapes=shapes)
     assert np.array_equal(clip.truth[1], again.truth[1])  # seeded: the same paint twice
+
+
+class _GreyModel:
+    """Fills every hole pixel with mid-grey, leaves the rest: shows exactly what was restored."""
+
+    name = "grey"
+
+    def use_features(self, features: object) -> None:
+        assert features is None
+
+    def inpaint(self, crops: Sequence[Image], masks: Sequence[Mask]) -> list[InpaintResult]:
+        out = []
+        for crop, mask in zip(crops, masks, strict=True):
+            filled = crop.copy()
+            filled[mask > 0.5] = 128
+            out.append(InpaintResult(face_256=filled, backend="grey", latency_ms=0.0))
+        return out
+
+
+def test_model_true_restores_exactly_the_painted_region(own: ClipTruth, tmp_path: Path) -> None:
+    clip = make_masked_clip(own.path, tmp_path / "m.mp4", seed=2, max_frames=3, first_frame=20)
+    restorer = Restorer(("model_true",), _GreyModel(), tmp_path)  # type: ignore[arg-type]
+    files, restorations = restorer.run(clip, None)
+    assert not restorations and restorer.fills["model_true"]["fills"] == 3
+    with VideoReader(clip.path) as masked, VideoReader(files["model_true"]) as restored:
+        for index, (before, after) in enumerate(zip(masked, restored, strict=True)):
+            inside = clip.truth[index]
+            assert inside.sum() > 500
+            # Grey everywhere in the truth (up to re-encoding), the masked frame elsewhere.
+            assert np.abs(after.image[inside].astype(int) - 128).mean() < 4.0
+            outside = ~inside
+            diff = np.abs(after.image[outside].astype(int) - before.image[outside]).mean()
+            assert diff < 1.0

@@ -293,6 +293,7 @@ class Restorer:
     conditions: tuple[str, ...]
     model: ModelInpainter | None
     work: Path
+    mask_weights: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     fills: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -327,7 +328,9 @@ class Restorer:
     def _pipeline(self, name: str, masked: Path, output: Path, partner: Path | None) -> Restoration:
         if name == "telea":
             counting = CountingInpainter(OpenCVInpainter("telea"))
-            restoration = restore_with(masked, output, name, counting)
+            restoration = restore_with(
+                masked, output, name, counting, mask_weights=self.mask_weights
+            )
         else:
             counting, restoration = self._model(name, masked, output, partner)
         self.fills[name] = counting.counts()
@@ -341,12 +344,22 @@ class Restorer:
         self.model.use_features(None)  # start every run from the neutral speaker, as when opened
         counting = CountingInpainter(self.model)
         if name == "model_novoice":  # --speaker-audio none
-            return counting, restore_with(masked, output, name, counting)
+            return counting, restore_with(
+                masked, output, name, counting, mask_weights=self.mask_weights
+            )
         audio = partner if name == "model_swapped" else None  # --speaker-audio PATH
         if name == "model_swapped" and audio is None:
             raise RuntimeError("model_swapped needs another person's clip")
         sink = self.model.use_speech
-        return counting, restore_with(masked, output, name, counting, sink, speaker_audio=audio)
+        return counting, restore_with(
+            masked,
+            output,
+            name,
+            counting,
+            sink,
+            speaker_audio=audio,
+            mask_weights=self.mask_weights,
+        )
 
 
 def model_true_mask(clip: MaskedClip, output: Path, inpainter: Inpainter) -> Path:
@@ -814,7 +827,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tiles: dict[str, dict[str, Image]] = {}
     started = time.perf_counter()
     with _open_model(args) as model:
-        restorer = Restorer(tuple(args.conditions), model, work)
+        restorer = Restorer(tuple(args.conditions), model, work, args.mask_weights)
         for clip in clips:
             partner = pick_partner(clip, clips)
             print(f"{clip.name}: {clip.occluder}", file=sys.stderr, flush=True)
@@ -840,6 +853,7 @@ def settings(args: argparse.Namespace, identity: Identity) -> dict[str, Any]:
         "max_frames": args.max_frames,
         "frames": "first" if args.head else "last",
         "seed": args.seed,
+        "mask_weights": str(args.mask_weights or "shipped"),
         "dlib": identity.dlib is not None,
         "dlib_every": args.dlib_every,
         "levels": "8-bit (0..255), all three channels; PSNR peak 255",
@@ -877,6 +891,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-guard", action="store_true", help="the model without its fill guard (--no-guard)"
     )
     parser.add_argument("--seed", type=int, default=0, help="varies every clip's occluder")
+    parser.add_argument(
+        "--mask-weights",
+        type=Path,
+        help="--mask-detect's segmenter (.onnx; default the shipped one)",
+    )
     parser.add_argument("--dlib-every", type=int, default=10, help="dlib on every Nth frame")
     parser.add_argument("--keep", action="store_true", help="keep the mp4 files in -o DIR")
     return parser

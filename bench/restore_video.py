@@ -362,11 +362,13 @@ def restore_with(
     speaker_audio: Path | None = None,
     feather_px: float | None = None,
     dilate_px: int | None = None,
+    mask_weights: Path | None = None,
 ) -> Restoration:
     """``avstream process --mask-detect`` of ``masked`` with an open ``inpainter`` and its
-    speaker sink, as a library call (``speaker_audio``: ``--speaker-audio PATH``)."""
+    speaker sink, as a library call (``speaker_audio``: ``--speaker-audio PATH``;
+    ``mask_weights``: another segmenter, ``MaskDetectOptions.weights``)."""
     # The CLI's --mask-detect: default options (onnxruntime segmenter, one thread).
-    detect_options = MaskDetectOptions()
+    detect_options = MaskDetectOptions(weights=mask_weights)
     if dilate_px is not None:
         detect_options = dataclasses.replace(detect_options, dilate_px=dilate_px)
     detector = RecordingDetector(MaskDetector(detect_options))

@@ -43,9 +43,11 @@ import numpy.typing as npt
 import torch
 
 from avinpaint.occlusion_net import (
+    SHIPPED_NAME,
     OcclusionNet,
     OcclusionNetConfig,
     export_onnx,
+    load_occlusion_net,
     save_occlusion_net,
 )
 from avinpaint.spec import CROP_SIZE
@@ -419,7 +421,10 @@ class SampleMaker:
     (a hand over a mask, say). ``jitter``: the crop and its mask are moved together by a
     small random similarity, as a misplaced landmark would move them at run time (YuNet's
     mouth landmarks are often off on masked faces). ``degrade``: web-photo degradations
-    (blur from a low-resolution source, JPEG, noise, colour casts)."""
+    (blur from a low-resolution source, JPEG, noise, colour casts). ``small_face_probability``:
+    the crop is made the way the aligner makes it from a small face in compressed video (LRS2's
+    160 px frames hold faces of 90-110 px): shrunk to 30-65% (an 80-170 px crop), compressed
+    hard there, and scaled back up (``_small_face``), before the other degradations."""
 
     renderer: OccluderRenderer
     templates: tuple[MaskTemplate, ...] = ()
@@ -428,6 +433,7 @@ class SampleMaker:
     second_probability: float = 0.15
     jitter: bool = True
     degrade: bool = True
+    small_face_probability: float = 0.0
 
     def __call__(self, face: Image, rng: np.random.Generator) -> tuple[Image, Mask]:
         """A (possibly) occluded, augmented crop and its coverage mask."""
@@ -440,6 +446,9 @@ class SampleMaker:
                 mask = np.maximum(mask, second)
         if self.jitter:
             image, mask = _jitter(image, mask, rng)
+        # Drawn only when enabled: v1's samples (and its numbers) stay as they were.
+        if self.small_face_probability > 0.0 and rng.random() < self.small_face_probability:
+            image = _small_face(image, rng)
         if self.degrade:
             image = _degrade(image, rng)
         return image, mask
@@ -467,6 +476,24 @@ def _jitter(image: Image, mask: Mask, rng: np.random.Generator) -> tuple[Image, 
         mask, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     return np.asarray(moved, np.uint8), (np.asarray(moved_mask) >= 0.5).astype(np.float32)
+
+
+def _small_face(image: Image, rng: np.random.Generator) -> Image:
+    """The crop as the aligner makes it from a small face in compressed video: the face
+    exists only at 30-65% of the crop's size, softened by the camera or the codec, coded in
+    8x8 blocks with half-resolution colour (JPEG, 4:2:0) at low quality, then scaled back up."""
+    side = round(CROP_SIZE * float(rng.uniform(0.3, 0.65)))
+    small = np.asarray(cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA), np.uint8)
+    if rng.random() < 0.5:
+        small = np.asarray(cv2.GaussianBlur(small, (0, 0), float(rng.uniform(0.3, 0.9))), np.uint8)
+    quality = int(rng.integers(20, 80))
+    ok, data = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if ok:
+        small = np.asarray(cv2.imdecode(data, cv2.IMREAD_COLOR), np.uint8)
+    interpolation = cv2.INTER_LINEAR if rng.random() < 0.7 else cv2.INTER_CUBIC
+    return np.asarray(
+        cv2.resize(small, (CROP_SIZE, CROP_SIZE), interpolation=interpolation), np.uint8
+    )
 
 
 def _degrade(image: Image, rng: np.random.Generator) -> Image:
@@ -523,7 +550,9 @@ class TrainConfig:
     learning rate after ``warmup_steps``; ``dice_weight``: soft-Dice loss beside BCE (Dice
     cares about the overlap of thin shapes that BCE, dominated by the uncovered majority,
     barely sees); ``checkpoint_every_s``: wall seconds between checkpoints;
-    ``val_samples``: fixed held-out synthetic samples scored at every checkpoint."""
+    ``val_samples``: fixed held-out synthetic samples scored at every checkpoint; ``init``: a
+    ``.safetensors`` to start from (fine-tuning; its network config replaces ``net``);
+    ``recipe``: the sample mixture's name (``build_maker``), recorded in the run's config."""
 
     steps: int = 5500
     batch: int = 16
@@ -535,15 +564,42 @@ class TrainConfig:
     val_samples: int = 96
     seed: int = 7
     net: OcclusionNetConfig = field(default_factory=OcclusionNetConfig)
+    init: str | None = None
+    recipe: str = "v1"
 
 
-def build_maker(data_root: Path) -> SampleMaker:
-    """The sample maker with MaskTheFace templates and textures from the shared data."""
+Recipe = Literal["v1", "v2"]
+
+
+def v2_mixture() -> MaskMixture:
+    """``occlusion_v2``'s fine-tuning shapes: more face masks and hands (what the real
+    pipeline missed most on small faces), fewer objects and thin strokes."""
+    return MaskMixture(
+        (
+            (0.55, FaceMaskShape()),
+            (0.25, HandBlob()),
+            (0.1, ObjectBlob()),
+            (0.05, Scribble()),
+            (0.05, FreeFormStrokes()),
+        )
+    )
+
+
+def build_maker(data_root: Path, recipe: Recipe = "v1") -> SampleMaker:
+    """The sample maker with MaskTheFace templates and textures from the shared data.
+
+    ``v1``: ``occlusion_v1``'s mixture. ``v2``: ``v2_mixture()`` and, in 45% of samples, a
+    small face in compressed video (``SampleMaker.small_face_probability``)."""
     root = data_root / MASKTHEFACE_ROOT
     textures = load_textures(root)
-    return SampleMaker(
-        renderer=OccluderRenderer(textures=textures), templates=load_mask_templates(root)
-    )
+    templates = load_mask_templates(root)
+    if recipe == "v2":
+        return SampleMaker(
+            renderer=OccluderRenderer(shapes=v2_mixture(), textures=textures),
+            templates=templates,
+            small_face_probability=0.45,
+        )
+    return SampleMaker(renderer=OccluderRenderer(textures=textures), templates=templates)
 
 
 def _lr_at(config: TrainConfig, step: int) -> float:
@@ -594,6 +650,9 @@ def train(faces_dir: Path, run_dir: Path, maker: SampleMaker, config: TrainConfi
         raise RuntimeError(f"no training faces in {faces_dir}")
     val_crops, val_masks = _val_set(faces, maker, config.val_samples, config.seed)
     net = OcclusionNet(config.net)
+    if config.init is not None:
+        net = load_occlusion_net(Path(config.init)).train()
+        config = replace(config, net=net.config)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / "last.pt"
@@ -939,10 +998,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--faces", type=Path, required=True)
     run.add_argument("--run", type=Path, required=True)
     run.add_argument("--steps", type=int, default=TrainConfig.steps)
+    run.add_argument("--recipe", choices=("v1", "v2"), default="v1", help="sample mixture")
+    run.add_argument("--init", type=Path, help=".safetensors to fine-tune from")
+    run.add_argument("--lr", type=float, default=TrainConfig.lr)
+    run.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
     exp = sub.add_parser("export", help="write safetensors + onnx from a run")
     exp.add_argument("--run", type=Path, required=True)
     exp.add_argument("--out", type=Path, required=True)
-    exp.add_argument("--name", default="occlusion_v1")
+    exp.add_argument("--name", default=SHIPPED_NAME)
     ev = sub.add_parser("evaluate", help="the model card's numbers and contact sheets")
     ev.add_argument("--data", type=Path, required=True)
     ev.add_argument("--faces", type=Path, required=True)
@@ -956,7 +1019,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prepare":
         prepare_faces(args.data, args.out)
     elif args.command == "train":
-        train(args.faces, args.run, build_maker(args.data), TrainConfig(steps=args.steps))
+        config = TrainConfig(
+            steps=args.steps,
+            lr=args.lr,
+            warmup_steps=args.warmup_steps,
+            init=None if args.init is None else str(args.init),
+            recipe=args.recipe,
+        )
+        train(args.faces, args.run, build_maker(args.data, args.recipe), config)
     elif args.command == "export":
         run_config = json.loads((args.run / "config.json").read_text())
         metadata = {

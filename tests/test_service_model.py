@@ -71,6 +71,19 @@ def model(lite_cache: Path) -> Iterator[ModelInpainter]:
         yield inpainter
 
 
+@pytest.fixture(scope="module")
+def unguarded(lite_cache: Path) -> Iterator[ModelInpainter]:
+    """The network without its fill guard: where the guard rejects a fill, both streams get
+    the same Telea fill, which would hide what the voice did to the network's fill (seen
+    with the 2026-12-05 weights on this generated face: the voiced fill of some frames fails
+    the guard). The guard has its own tests (tests/test_guard.py)."""
+    backend = select_backend(
+        "onnxruntime", load("lite"), BackendOptions(cache_dir=lite_cache, max_batch=2, threads=1)
+    ).backend
+    with ModelInpainter(backend, max_batch=2, guard=None) as inpainter:
+        yield inpainter
+
+
 def _request(service: FrameService, fields: dict[str, Any], payload: bytes = b"") -> list[bytes]:
     header = json.dumps({"v": 1, "seq": 1, **fields}).encode()
     return service.handle(b"c1", [header, payload])
@@ -136,11 +149,12 @@ def test_model_stream_hears_its_speech_and_restores_with_the_model(
 
 
 def test_interleaved_streams_keep_their_own_voices(
-    model: ModelInpainter,
+    unguarded: ModelInpainter,
     speech_clip: ClipTruth,
     speech_frames: list[np.ndarray],
     speech_chunks: list[AudioChunk],
 ) -> None:
+    model = unguarded
     frames = speech_frames[:4]
     # Stream a hears the speech, stream b hears nothing; their frames alternate on one model.
     service = FrameService(model=model)

@@ -74,11 +74,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from avinpaint.geometry import invert_affine
 from avinpaint.spec import AUDIO_SAMPLE_RATE_HZ, CROP_SIZE
 from bench.restore_video import (
     DILATE_PX,
-    ENCODE,
     DetectionOverlap,
     MaskedClip,
     PixelErrors,
@@ -88,17 +86,19 @@ from bench.restore_video import (
     make_masked_clip,
     pipeline_summary,
     restore_with,
+    rewrite_frames,
     telea_true_mask,
     to_frame,
 )
 from engines.cli import open_model_inpainter, parse_backend_arguments
+from stream.align import crop_at
 from stream.audio import read_audio_16k
 from stream.composite import composite, inpaint_hole
 from stream.inpaint import Inpainter, OpenCVInpainter
 from stream.mask_detect import MaskDetectOptions, face_region
-from stream.media import VideoReader, VideoWriter, probe
+from stream.media import VideoReader, probe
 from stream.model_inpainter import ModelInpainter
-from stream.types import Image, InpaintResult, Mask, VideoFrame
+from stream.types import Image, InpaintResult, Mask
 from training.masks import FACE_MASK_KINDS, FaceMaskShape, HandBlob, ShapeGenerator
 from training.metrics import DlibFace, dlib_available
 from training.prepare import OpenCvSFace
@@ -368,31 +368,20 @@ def model_true_mask(clip: MaskedClip, output: Path, inpainter: Inpainter) -> Pat
     inpainter seeing that region grown by the pipeline's ``context_px`` and the composite
     changing exactly the region, as the pipeline does with a detected one."""
     context_px = MaskDetectOptions().context_px
-    with (
-        VideoReader(clip.path, threads=1) as reader,
-        VideoWriter(output, clip.info, ENCODE, copy_audio_from=clip.path) as writer,
-    ):
-        for index, frame in enumerate(reader):
-            image = frame.image
-            truth = clip.truth[index].astype(np.float32)
-            for affine in clip.affines[index]:
-                size = (CROP_SIZE, CROP_SIZE)
-                crop = cv2.warpAffine(
-                    image, affine, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-                )
-                warped = cv2.warpAffine(truth, affine, size, flags=cv2.INTER_LINEAR)
-                hole = np.asarray(warped >= 0.5, np.float32)
-                if not hole.any():
-                    continue
-                (result,) = inpainter.inpaint(
-                    [np.asarray(crop, np.uint8)], [inpaint_hole(hole, context_px)]
-                )
-                image = composite(image, result.face_256, hole, invert_affine(affine))
-            writer.write(
-                VideoFrame(index=frame.index, pts=frame.pts, time_base=frame.time_base, image=image)
-            )
-        writer.finish()
-    return output
+
+    def restore(index: int, image: Image) -> Image:
+        truth = clip.truth[index].astype(np.float32)
+        for affine in clip.affines[index]:
+            face = crop_at(image, affine)
+            warped = cv2.warpAffine(truth, affine, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR)
+            hole = np.asarray(warped >= 0.5, np.float32)
+            if not hole.any():
+                continue
+            (result,) = inpainter.inpaint([face.crop], [inpaint_hole(hole, context_px)])
+            image = composite(image, result.face_256, hole, face.inverse_affine)
+        return image
+
+    return rewrite_frames(clip, output, restore)
 
 
 # --- measuring -------------------------------------------------------------------------------

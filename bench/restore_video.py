@@ -245,23 +245,32 @@ def make_masked_clip(
     return MaskedClip(output, info, tuple(pts), truth, painter.kinds, tuple(affines), first_frame)
 
 
-def telea_true_mask(clip: MaskedClip, output: Path) -> Path:
-    """The reference: Telea on each full-resolution masked frame with the painted truth as
-    its hole, written with the same encoder as every restoration."""
+def rewrite_frames(clip: MaskedClip, output: Path, restore: Callable[[int, Image], Image]) -> Path:
+    """Every frame of the masked clip through ``restore(index, image)`` (``index`` counts
+    the masked clip's frames, as ``clip.truth`` does), written with the same encoder and
+    audio as every restoration: the references that work on the truth, not the pipeline."""
     with (
         VideoReader(clip.path, threads=1) as reader,
         VideoWriter(output, clip.info, ENCODE, copy_audio_from=clip.path) as writer,
     ):
         for index, frame in enumerate(reader):
-            hole = clip.truth[index].astype(np.uint8) * 255
-            image = np.asarray(
-                cv2.inpaint(frame.image, hole, TELEA_RADIUS_PX, cv2.INPAINT_TELEA), np.uint8
-            )
+            image = restore(index, frame.image)
             writer.write(
                 VideoFrame(index=frame.index, pts=frame.pts, time_base=frame.time_base, image=image)
             )
         writer.finish()
     return output
+
+
+def telea_true_mask(clip: MaskedClip, output: Path) -> Path:
+    """The reference: Telea on each full-resolution masked frame with the painted truth as
+    its hole, written with the same encoder as every restoration."""
+
+    def telea(index: int, image: Image) -> Image:
+        hole = clip.truth[index].astype(np.uint8) * 255
+        return np.asarray(cv2.inpaint(image, hole, TELEA_RADIUS_PX, cv2.INPAINT_TELEA), np.uint8)
+
+    return rewrite_frames(clip, output, telea)
 
 
 # --- 2. restoring ---------------------------------------------------------------------------

@@ -14,7 +14,12 @@ from stream.types import AlignedFace, FloatArray, Image
 
 def align_face(image: Image, landmarks5: FloatArray) -> AlignedFace:
     """Warp the face with these 5 landmarks onto the CROP_SIZE template."""
-    affine = similarity_transform(landmarks5, CROP_TEMPLATE_256)
+    return crop_at(image, similarity_transform(landmarks5, CROP_TEMPLATE_256))
+
+
+def crop_at(image: Image, affine: FloatArray) -> AlignedFace:
+    """The CROP_SIZE crop of ``image`` under a known frame -> crop ``affine`` (borders
+    replicated), with the exact inverse."""
     crop = np.asarray(
         cv2.warpAffine(
             image,

@@ -72,6 +72,7 @@ import numpy as np
 import numpy.typing as npt
 
 from avinpaint.spec import CROP_SIZE
+from stream.inpaint import opencv_fill
 from stream.mask_detect import face_region
 from stream.types import Image, Mask
 
@@ -260,5 +261,4 @@ def check_fill(
 def safe_fill(crop: Image, mask: Mask, radius_px: float = 5.0) -> Image:
     """The fill used when the guard fails: OpenCV Telea of the same hole (what
     ``--inpainter telea`` draws), which reads no pixel under the hole."""
-    hole = (mask > 0.5).astype(np.uint8)
-    return np.asarray(cv2.inpaint(crop, hole, radius_px, cv2.INPAINT_TELEA), np.uint8)
+    return opencv_fill(crop, mask, "telea", radius_px)

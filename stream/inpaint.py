@@ -43,6 +43,16 @@ def check_batch(crops: Sequence[Image], masks: Sequence[Mask]) -> None:
             raise ValueError(f"mask must be {CROP_SIZE}x{CROP_SIZE}, got {mask.shape}")
 
 
+def opencv_fill(
+    crop: Image, mask: Mask, method: OpenCVMethod = "telea", radius_px: float = 5.0
+) -> Image:
+    """``cv2.inpaint`` of the hole (``mask`` > 0.5) of one crop: what ``OpenCVInpainter``
+    draws, for callers that need one fill, not a backend."""
+    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+    hole = (mask > 0.5).astype(np.uint8)
+    return np.asarray(cv2.inpaint(crop, hole, radius_px, flag), np.uint8)
+
+
 class OpenCVInpainter:
     """``cv2.inpaint`` with Telea's fast marching method or the Navier-Stokes method.
 
@@ -51,8 +61,7 @@ class OpenCVInpainter:
     def __init__(self, method: OpenCVMethod = "telea", radius_px: float = 5.0) -> None:
         if method not in ("telea", "ns"):
             raise ValueError(f"unknown OpenCV inpainting method {method!r}")
-        self._method = method
-        self._flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+        self._method: OpenCVMethod = method
         self._radius_px = radius_px
 
     @property
@@ -64,8 +73,7 @@ class OpenCVInpainter:
         results = []
         for crop, mask in zip(crops, masks, strict=True):
             start = time.perf_counter()
-            hole = (mask > 0.5).astype(np.uint8)
-            face = np.asarray(cv2.inpaint(crop, hole, self._radius_px, self._flag), np.uint8)
+            face = opencv_fill(crop, mask, self._method, self._radius_px)
             latency_ms = (time.perf_counter() - start) * 1000.0
             results.append(InpaintResult(face_256=face, backend=self.name, latency_ms=latency_ms))
         return results

@@ -121,7 +121,7 @@ def open_model_inpainter(args: argparse.Namespace, threads: int = 0) -> ModelInp
         selection = select_backend(args.backend, model, options)
     except BackendError as exc:
         raise AvstreamError(str(exc)) from exc
-    guard = None if getattr(args, "no_guard", False) else DEFAULT_GUARD
+    guard = None if args.no_guard else DEFAULT_GUARD
     return ModelInpainter(
         selection.backend, max_batch=options.max_batch, blend=not args.no_blend, guard=guard
     )

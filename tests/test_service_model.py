@@ -304,6 +304,7 @@ def test_serve_in_process_opens_and_closes_its_model(
         max_batch=2,
         engine_cache=lite_cache,
         no_blend=False,
+        no_guard=False,
     )
     opened: list[ModelInpainter] = []
     closed: list[ModelInpainter] = []

@@ -6,7 +6,11 @@ optional surgical-mask occluder over the lower face and an optional espeak-ng sp
 Because we place the face ourselves, the true landmarks, face box and occluder pixels of every
 frame are known exactly; tests and ``make demo`` compare the pipeline against them.
 
-Run ``python -m stream.testclip OUT.mp4 [options]`` to write one.
+``make_multi_face_clip`` puts several such people in one clip (``MultiClipSpec``): each
+with their own look (mirrored, another skin tone, another size), walking across each other's
+paths, some wearing the occluder; its truth has a person axis.
+
+Run ``python -m stream.testclip OUT.mp4 [options]`` to write one (``--people 2`` for two).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import cv2
@@ -57,6 +62,8 @@ _ESPEAK_TIMEOUT_S = 30.0
 
 _MASK_BGR = (226, 200, 150)
 _MASK_FOLD_BGR = (196, 168, 120)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -358,9 +365,12 @@ def _face_source() -> _FaceSource:
 
 
 def _motion(seed: int) -> _Motion:
+    return _motion_from(np.random.default_rng([seed, 2]))
+
+
+def _motion_from(rng: np.random.Generator) -> _Motion:
     # Two sinusoids per degree of freedom (x, y, scale, rotation): slow drift plus a faster
     # sway, with seed-chosen phases, so the motion is smooth yet not periodic in a short clip.
-    rng = np.random.default_rng([seed, 2])
     slow = rng.uniform(0.12, 0.3, size=4)
     fast = rng.uniform(0.4, 0.8, size=4)
     freqs = tuple(float(f) for pair in zip(slow, fast, strict=True) for f in pair)
@@ -392,7 +402,12 @@ def _face_transform(
             0.46 * height + _MAX_SHIFT_PX * unit * _wobble(motion, 1, t),
         ]
     )
-    box = source.face_box
+    return _similarity(source.face_box, target, scale, angle)
+
+
+def _similarity(box: FloatArray, target: FloatArray, scale: float, angle: float) -> FloatArray:
+    """2x3 similarity that scales and rotates about the centre of ``box`` and moves that
+    centre onto ``target``."""
     anchor = np.array([box[0] + box[2] / 2.0, box[1] + box[3] / 2.0])
     c, s = scale * math.cos(angle), scale * math.sin(angle)
     linear = np.array([[c, -s], [s, c]])
@@ -443,9 +458,10 @@ def _stretch_mouth(source: _FaceSource, openness: float) -> Image:
     )
 
 
-def _paste_face(frame: Image, source: _FaceSource, M: FloatArray, openness: float) -> None:
-    """Warp the head patch with ``M`` and alpha-blend it into ``frame`` in place."""
-    height, width = frame.shape[:2]
+def _patch_reach(
+    source: _FaceSource, M: FloatArray, width: int, height: int
+) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1): the frame pixels the patch warped by ``M`` can reach; None if none."""
     ph, pw = source.patch.shape[:2]
     corners = _apply(M, np.array([[0.0, 0.0], [pw, 0.0], [0.0, ph], [pw, ph]]))
     x0 = max(0, math.floor(corners[:, 0].min()))
@@ -453,7 +469,17 @@ def _paste_face(frame: Image, source: _FaceSource, M: FloatArray, openness: floa
     x1 = min(width, math.ceil(corners[:, 0].max()) + 1)
     y1 = min(height, math.ceil(corners[:, 1].max()) + 1)
     if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1, y1
+
+
+def _paste_face(frame: Image, source: _FaceSource, M: FloatArray, openness: float) -> None:
+    """Warp the head patch with ``M`` and alpha-blend it into ``frame`` in place."""
+    height, width = frame.shape[:2]
+    reach = _patch_reach(source, M, width, height)
+    if reach is None:
         return
+    x0, y0, x1, y1 = reach
     # Warp only into the region the patch can reach: far cheaper than whole frames.
     local = M.copy()
     local[:, 2] -= (x0, y0)
@@ -713,33 +739,377 @@ def _audio_frames(speech: npt.NDArray[np.float32]) -> Iterator[av.AudioFrame]:
         yield frame
 
 
+# --- several people -------------------------------------------------------------------
+
+_MULTI_REFERENCE_HEIGHT_PX = 360.0
+"""Multi-face geometry is in pixels of a 360-high 16:9 frame and scales with the frame."""
+
+_PERSON_FACE_HEIGHT_PX = (100.0, 84.0, 76.0, 70.0)
+"""Face box height of person 0, 1, ...: the nearer a person, the larger."""
+
+_PERSON_GAIN_BGR = ((1.0, 1.0, 1.0), (0.70, 0.80, 0.98), (1.04, 0.96, 0.80), (0.82, 0.82, 0.82))
+"""Per-channel colour gains: each person has their own skin tone and lighting."""
+
+_PERSON_X_FROM, _PERSON_X_TO = 0.24, 0.76
+"""Horizontal path, as fractions of the width: even persons walk right, odd ones left."""
+
+_PERSON_Y_NEAR, _PERSON_Y_FAR = 0.66, 0.34
+"""Face-box centre heights, as fractions of the height, of the nearest and farthest lane."""
+
+_PERSON_SWAY_PX = 8.0
+_PERSON_SCALE_CHANGE = 0.04
+_PERSON_ROTATION_DEG = 4.0
+
+_VISIBLE_WEIGHT = 0.5
+"""An occluder pixel counts as seen when nearer heads let through at least this much of it."""
+
+MAX_PEOPLE = len(_PERSON_FACE_HEIGHT_PX)
+
+
+@dataclass(frozen=True)
+class MultiClipSpec:
+    """Several people in one clip, walking across each other's paths.
+
+    Person 0 is nearest to the camera (drawn last, largest, lowest lane); each later person is
+    a little smaller, higher up and farther back. Even persons move left to right, odd ones
+    right to left, so persons 0 and 1 swap horizontal order half way through. Person 1 (and
+    every odd person) is the astronaut mirrored, and each person has their own skin tone.
+    """
+
+    width: int = 640
+    height: int = 360
+    fps: int = 25
+    duration_s: float = 2.4
+    seed: int = 0
+    people: int = 2
+    masked: tuple[bool, ...] | None = None
+    """Who wears the surgical mask, one flag per person; None: person 0 only."""
+    audio: bool = False
+    """Add an espeak-ng speech track (every mouth moves with it)."""
+    text: str = ClipSpec.text
+    vfr: bool = False
+    crf: int = 18
+
+    @property
+    def masked_flags(self) -> tuple[bool, ...]:
+        """``masked`` with the default filled in: one flag per person."""
+        if self.masked is None:
+            return (True,) + (False,) * (self.people - 1)
+        return self.masked
+
+
+@dataclass(frozen=True, eq=False)
+class MultiClipTruth:
+    """What was written for a multi-face clip; arrays have a person axis after the frame axis.
+
+    Persons are in depth order: index 0 is nearest and may hide part of the others.
+    """
+
+    path: Path
+    frame_count: int
+    pts: tuple[int, ...]
+    time_base: Fraction
+    masked: tuple[bool, ...]
+    """Who wears the occluder, per person."""
+    landmarks5: FloatArray
+    """(frame_count, people, 5, 2): true YuNet-order landmarks in frame pixels."""
+    face_boxes: FloatArray
+    """(frame_count, people, 4): x, y, w, h per person, whether or not a nearer head hides it."""
+    occluder_masks: npt.NDArray[np.bool_]
+    """(frame_count, people, H, W): the pixels showing that person's occluder: painted, and
+    not hidden by a nearer head (which must let through at least half of the paint). All
+    False for a person without one. The persons' masks never overlap."""
+    face_visibility: FloatArray
+    """(frame_count, people): the share of the face box (inside the frame) that nearer heads
+    leave visible, 0..1; 1 for person 0 always."""
+    audio_sample_rate_hz: int | None
+
+    @property
+    def people(self) -> int:
+        """How many persons the clip shows."""
+        return len(self.masked)
+
+    def person(self, index: int) -> ClipTruth:
+        """One person's truth in the single-face form, for code written for ``ClipTruth``."""
+        return ClipTruth(
+            path=self.path,
+            frame_count=self.frame_count,
+            pts=self.pts,
+            time_base=self.time_base,
+            landmarks5=self.landmarks5[:, index],
+            face_boxes=self.face_boxes[:, index],
+            occluder_masks=self.occluder_masks[:, index],
+            audio_sample_rate_hz=self.audio_sample_rate_hz,
+        )
+
+
+@dataclass(frozen=True)
+class _Person:
+    source: _FaceSource
+    motion: _Motion
+    face_height_px: float
+    x_from_px: float
+    x_to_px: float
+    y_px: float
+    sway_px: float
+
+
+def make_multi_face_clip(path: Path, spec: MultiClipSpec = MultiClipSpec()) -> MultiClipTruth:
+    """Write a clip of ``spec.people`` talking heads crossing each other; return its truth.
+
+    Like ``make_talking_head_clip``: written atomically, truth depends only on ``spec``,
+    ValueError for an impossible spec, RuntimeError when espeak-ng is needed and missing.
+    """
+    clip_spec = _validate_multi(spec)
+    path = Path(path)
+    previous_threads = cv2.getNumThreads()
+    # One OpenCV thread while generating, as in make_talking_head_clip.
+    cv2.setNumThreads(1)
+    try:
+        return _make_multi_clip(path, spec, clip_spec)
+    finally:
+        cv2.setNumThreads(previous_threads)
+
+
+def _validate_multi(spec: MultiClipSpec) -> ClipSpec:
+    """Check ``spec``; return the single-face spec that carries its size, timing and coding."""
+    if not 1 <= spec.people <= MAX_PEOPLE:
+        raise ValueError(f"people must be in 1..{MAX_PEOPLE}, got {spec.people}")
+    if len(spec.masked_flags) != spec.people:
+        raise ValueError(f"masked has {len(spec.masked_flags)} flags for {spec.people} people")
+    clip_spec = ClipSpec(
+        width=spec.width,
+        height=spec.height,
+        fps=spec.fps,
+        duration_s=spec.duration_s,
+        seed=spec.seed,
+        occluder=any(spec.masked_flags),
+        audio=spec.audio,
+        text=spec.text,
+        vfr=spec.vfr,
+        crf=spec.crf,
+    )
+    _validate(clip_spec)
+    return clip_spec
+
+
+def _make_multi_clip(path: Path, spec: MultiClipSpec, clip_spec: ClipSpec) -> MultiClipTruth:
+    timeline = _timeline(clip_spec)
+    times = timeline.times_s
+    n, count = len(timeline.pts), spec.people
+    width, height = spec.width, spec.height
+    speech = _speech_track(spec.text, timeline.end_s) if spec.audio else None
+    openness = (
+        _mouth_openness(speech, times, 2.0 / spec.fps)
+        if speech is not None
+        else np.zeros(n, dtype=np.float64)
+    )
+    people = _people(_face_source(), spec)
+    masked = spec.masked_flags
+
+    landmarks = np.zeros((n, count, 5, 2), dtype=np.float64)
+    boxes = np.zeros((n, count, 4), dtype=np.float64)
+    masks = np.zeros((n, count, height, width), dtype=np.bool_)
+    visibility = np.ones((n, count), dtype=np.float64)
+    transforms = np.zeros((n, count, 2, 3), dtype=np.float64)
+    for i, t in enumerate(times):
+        # Seen through the nearer heads: 1 where nothing nearer covers the pixel.
+        through = np.ones((height, width), dtype=np.float32)
+        for p, person in enumerate(people):  # nearest first
+            M = _person_transform(person, float(t), timeline.end_s)
+            transforms[i, p] = M
+            landmarks[i, p] = _apply(M, person.source.landmarks5)
+            boxes[i, p] = _warp_box(M, person.source.face_box)
+            visibility[i, p] = _box_mean(through, boxes[i, p])
+            painted = (
+                _occluder_mask(landmarks[i, p], width, height)
+                if masked[p]
+                else np.zeros((height, width), dtype=np.bool_)
+            )
+            masks[i, p] = painted & (through >= _VISIBLE_WEIGHT)
+            through *= 1.0 - _head_alpha(person.source, M, width, height)
+            # The occluder is opaque paint: whatever lies behind it is hidden outright.
+            through[painted] = 0.0
+
+    background = _background(width, height, spec.seed)
+    frames = _render_people(background, people, transforms, openness, landmarks, masked)
+    _write_clip(path, clip_spec, timeline, frames, speech)
+    return MultiClipTruth(
+        path=path,
+        frame_count=n,
+        pts=timeline.pts,
+        time_base=timeline.time_base,
+        masked=masked,
+        landmarks5=landmarks,
+        face_boxes=boxes,
+        occluder_masks=masks,
+        face_visibility=visibility,
+        audio_sample_rate_hz=AUDIO_SAMPLE_RATE_HZ if speech is not None else None,
+    )
+
+
+def _people(base: _FaceSource, spec: MultiClipSpec) -> list[_Person]:
+    """Each person's look, lane and motion, nearest first."""
+    unit = min(float(spec.height), 9.0 / 16.0 * spec.width) / _MULTI_REFERENCE_HEIGHT_PX
+    people = []
+    for p in range(spec.people):
+        source = _tinted(_mirrored(base) if p % 2 else base, _PERSON_GAIN_BGR[p])
+        lane = p / (spec.people - 1) if spec.people > 1 else 0.0
+        x_from, x_to = (_PERSON_X_TO, _PERSON_X_FROM) if p % 2 else (_PERSON_X_FROM, _PERSON_X_TO)
+        people.append(
+            _Person(
+                source=source,
+                motion=_motion_from(np.random.default_rng([spec.seed, 3, p])),
+                face_height_px=_PERSON_FACE_HEIGHT_PX[p] * unit,
+                x_from_px=x_from * spec.width,
+                x_to_px=x_to * spec.width,
+                y_px=(_PERSON_Y_NEAR + lane * (_PERSON_Y_FAR - _PERSON_Y_NEAR)) * spec.height,
+                sway_px=_PERSON_SWAY_PX * unit,
+            )
+        )
+    return people
+
+
+def _mirrored(source: _FaceSource) -> _FaceSource:
+    """The head flipped left to right; landmarks keep YuNet's order (image-left eye first)."""
+    width = source.patch.shape[1]
+    landmarks = source.landmarks5[[1, 0, 2, 4, 3]].copy()
+    # Pixel centres map x -> width - 1 - x; a box's far edge becomes its near edge.
+    landmarks[:, 0] = width - 1 - landmarks[:, 0]
+    x, y, w, h = (float(v) for v in source.face_box)
+    return _FaceSource(
+        patch=np.ascontiguousarray(source.patch[:, ::-1]),
+        alpha=np.ascontiguousarray(source.alpha[:, ::-1]),
+        landmarks5=landmarks,
+        face_box=np.array([width - 1 - (x + w), y, w, h], dtype=np.float64),
+    )
+
+
+def _tinted(source: _FaceSource, gain_bgr: tuple[float, float, float]) -> _FaceSource:
+    """The head with its colour channels scaled: another skin tone under other light."""
+    if gain_bgr == (1.0, 1.0, 1.0):
+        return source
+    scaled = source.patch.astype(np.float32) * np.array(gain_bgr, dtype=np.float32)
+    patch = np.clip(scaled + 0.5, 0.0, 255.0).astype(np.uint8)
+    return _FaceSource(patch, source.alpha, source.landmarks5, source.face_box)
+
+
+def _person_transform(person: _Person, t: float, end_s: float) -> FloatArray:
+    """2x3 similarity from the person's patch to the frame at time ``t``."""
+    # Eased walk along the lane (slow at the ends, fastest where the paths cross), plus sway.
+    progress = (1.0 - math.cos(math.pi * t / end_s)) / 2.0
+    target = np.array(
+        [
+            person.x_from_px
+            + (person.x_to_px - person.x_from_px) * progress
+            + person.sway_px * _wobble(person.motion, 0, t),
+            person.y_px + person.sway_px * _wobble(person.motion, 1, t),
+        ]
+    )
+    base_scale = person.face_height_px / float(person.source.face_box[3])
+    scale = base_scale * (1.0 + _PERSON_SCALE_CHANGE * _wobble(person.motion, 2, t))
+    angle = math.radians(_PERSON_ROTATION_DEG * _wobble(person.motion, 3, t))
+    return _similarity(person.source.face_box, target, scale, angle)
+
+
+def _head_alpha(
+    source: _FaceSource, M: FloatArray, width: int, height: int
+) -> npt.NDArray[np.float32]:
+    """The head's opacity in frame space, exactly as ``_paste_face`` blends it."""
+    alpha = np.zeros((height, width), dtype=np.float32)
+    reach = _patch_reach(source, M, width, height)
+    if reach is None:
+        return alpha
+    x0, y0, x1, y1 = reach
+    local = M.copy()
+    local[:, 2] -= (x0, y0)
+    warped = cv2.warpAffine(source.alpha, local, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR)
+    alpha[y0:y1, x0:x1] = np.asarray(warped, dtype=np.float32)
+    return alpha
+
+
+def _box_mean(values: npt.NDArray[np.float32], box: FloatArray) -> float:
+    """Mean of ``values`` over the part of the (x, y, w, h) box inside the frame; 0 if none."""
+    height, width = values.shape
+    x0, y0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
+    x1, y1 = min(width, math.ceil(box[0] + box[2])), min(height, math.ceil(box[1] + box[3]))
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    return float(values[y0:y1, x0:x1].mean())
+
+
+def _render_people(
+    background: Image,
+    people: list[_Person],
+    transforms: FloatArray,
+    openness: FloatArray,
+    landmarks: FloatArray,
+    masked: tuple[bool, ...],
+) -> Iterator[Image]:
+    """Frame ``i``: the background, then each head with its occluder, farthest first."""
+    height, width = background.shape[:2]
+    for i in range(len(openness)):
+        frame = background.copy()
+        for p in reversed(range(len(people))):
+            _paste_face(frame, people[p].source, transforms[i, p], float(openness[i]))
+            if masked[p]:
+                painted = _occluder_mask(landmarks[i, p], width, height)
+                _draw_occluder(frame, landmarks[i, p], painted)
+        yield frame
+
+
 # --- command line ----------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m stream.testclip OUT [options]``: write a clip, print a one-line summary."""
-    defaults = ClipSpec()
     parser = argparse.ArgumentParser(
         prog="python -m stream.testclip", description="Write a synthetic talking-head clip."
     )
     parser.add_argument("out", type=Path, help="output file; .mp4 or .mkv")
-    parser.add_argument("--duration-s", type=float, default=defaults.duration_s)
-    parser.add_argument("--width", type=int, default=defaults.width)
-    parser.add_argument("--height", type=int, default=defaults.height)
-    parser.add_argument("--fps", type=int, default=defaults.fps)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--crf", type=int, default=defaults.crf)
-    parser.add_argument("--text", default=defaults.text)
+    parser.add_argument(
+        "--duration-s", type=float, help="default 4 s, or 2.4 s with --people 2 or more"
+    )
+    parser.add_argument("--width", type=int, help="default 640")
+    parser.add_argument("--height", type=int, help="default 480, or 360 with --people")
+    parser.add_argument("--fps", type=int, default=ClipSpec.fps)
+    parser.add_argument("--seed", type=int, default=ClipSpec.seed)
+    parser.add_argument("--crf", type=int, default=ClipSpec.crf)
+    parser.add_argument("--text", default=ClipSpec.text)
+    parser.add_argument(
+        "--people",
+        type=int,
+        default=1,
+        help=f"persons in the clip, 1..{MAX_PEOPLE}; 2 or more walk across each other",
+    )
+    parser.add_argument(
+        "--masked",
+        default="0",
+        help="with --people: comma-separated indices of the persons wearing the occluder "
+        "(0 is nearest); default 0",
+    )
     parser.add_argument("--no-occluder", action="store_true")
     parser.add_argument("--no-audio", action="store_true")
     parser.add_argument("--no-face", action="store_true")
     parser.add_argument("--vfr", action="store_true")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        make = _make_single_from_args if args.people == 1 else _make_multi_from_args
+        summary = make(args)
+    except (RuntimeError, ValueError, OSError, av.FFmpegError) as exc:
+        print(f"testclip: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{summary}, {time.perf_counter() - started:.2f} s")
+    return 0
+
+
+def _make_single_from_args(args: argparse.Namespace) -> str:
     spec = ClipSpec(
-        width=args.width,
-        height=args.height,
+        width=_given(args.width, ClipSpec.width),
+        height=_given(args.height, ClipSpec.height),
         fps=args.fps,
-        duration_s=args.duration_s,
+        duration_s=_given(args.duration_s, ClipSpec.duration_s),
         seed=args.seed,
         face=not args.no_face,
         occluder=not args.no_occluder,
@@ -748,21 +1118,72 @@ def main(argv: list[str] | None = None) -> int:
         vfr=args.vfr,
         crf=args.crf,
     )
-    started = time.perf_counter()
-    try:
-        truth = make_talking_head_clip(args.out, spec)
-    except (RuntimeError, ValueError, OSError, av.FFmpegError) as exc:
-        print(f"testclip: error: {exc}", file=sys.stderr)
-        return 1
-    elapsed = time.perf_counter() - started
-    end_s = float((truth.pts[-1] if truth.pts else 0) * truth.time_base)
-    audio = f"aac {truth.audio_sample_rate_hz} Hz" if truth.audio_sample_rate_hz else "no audio"
-    print(
-        f"{truth.path}: {truth.frame_count} frames {spec.width}x{spec.height} "
-        f"{'vfr' if spec.vfr else f'{spec.fps} fps'}, last pts {end_s:.3f} s, {audio}, "
-        f"face={spec.face} occluder={spec.face and spec.occluder}, {elapsed:.2f} s"
+    truth = make_talking_head_clip(args.out, spec)
+    return (
+        f"{_timing_summary(truth.path, truth.frame_count, truth.pts, truth.time_base, spec)}, "
+        f"{_audio_summary(truth.audio_sample_rate_hz)}, "
+        f"face={spec.face} occluder={spec.face and spec.occluder}"
     )
-    return 0
+
+
+def _make_multi_from_args(args: argparse.Namespace) -> str:
+    if args.no_face:
+        raise ValueError("--no-face makes no sense with --people; use --people 1")
+    masked_people = set() if args.no_occluder else _person_indices(args.masked)
+    spec = MultiClipSpec(
+        width=_given(args.width, MultiClipSpec.width),
+        height=_given(args.height, MultiClipSpec.height),
+        fps=args.fps,
+        duration_s=_given(args.duration_s, MultiClipSpec.duration_s),
+        seed=args.seed,
+        people=args.people,
+        masked=tuple(p in masked_people for p in range(max(args.people, 0))),
+        audio=not args.no_audio,
+        text=args.text,
+        vfr=args.vfr,
+        crf=args.crf,
+    )
+    if masked_people and max(masked_people) >= spec.people:
+        raise ValueError(f"--masked names person {max(masked_people)} of {spec.people}")
+    truth = make_multi_face_clip(args.out, spec)
+    wearing = ",".join(str(p) for p, m in enumerate(truth.masked) if m) or "none"
+    return (
+        f"{_timing_summary(truth.path, truth.frame_count, truth.pts, truth.time_base, spec)}, "
+        f"{_audio_summary(truth.audio_sample_rate_hz)}, "
+        f"people={truth.people} masked={wearing}"
+    )
+
+
+def _given(value: _T | None, default: _T) -> _T:
+    """An option's value where it was given, else the mode's default (0 counts as given)."""
+    return default if value is None else value
+
+
+def _person_indices(text: str) -> set[int]:
+    """``"0,2"`` -> {0, 2}; ValueError for anything that is not non-negative integers."""
+    try:
+        indices = {int(part) for part in text.split(",") if part.strip()}
+    except ValueError:
+        raise ValueError(f"--masked wants comma-separated person indices, got {text!r}") from None
+    if any(i < 0 for i in indices):
+        raise ValueError(f"--masked wants non-negative person indices, got {text!r}")
+    return indices
+
+
+def _timing_summary(
+    path: Path,
+    frame_count: int,
+    pts: tuple[int, ...],
+    time_base: Fraction,
+    spec: ClipSpec | MultiClipSpec,
+) -> str:
+    end_s = float((pts[-1] if pts else 0) * time_base)
+    rate = "vfr" if spec.vfr else f"{spec.fps} fps"
+    return f"{path}: {frame_count} frames {spec.width}x{spec.height} {rate}, last pts {end_s:.3f} s"
+
+
+def _audio_summary(sample_rate_hz: int | None) -> str:
+    return f"aac {sample_rate_hz} Hz" if sample_rate_hz else "no audio"
 
 
 if __name__ == "__main__":

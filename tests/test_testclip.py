@@ -13,8 +13,15 @@ import numpy.typing as npt
 import pytest
 
 from stream import testclip
-from stream.detect import yunet_model_path
-from stream.testclip import ClipSpec, ClipTruth, make_talking_head_clip
+from stream.detect import FaceDetector, yunet_model_path
+from stream.testclip import (
+    ClipSpec,
+    ClipTruth,
+    MultiClipSpec,
+    MultiClipTruth,
+    make_multi_face_clip,
+    make_talking_head_clip,
+)
 
 pytest.importorskip("skimage")
 
@@ -266,3 +273,192 @@ def test_cli_writes_a_clip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert len(printed) == 1 and "cli.mkv" in printed[0]
     images, _ = _decode_video(out)
     assert images and images[0].shape == (240, 320, 3)
+
+
+# --- several people ----------------------------------------------------------------------
+
+_OCCLUDER_BGR = np.array([226, 200, 150], dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def two_people(tmp_path_factory: pytest.TempPathFactory) -> MultiClipTruth:
+    """The default multi-face clip: 2.4 s 640x360, person 0 (nearest) masked, 1 not."""
+    return make_multi_face_clip(tmp_path_factory.mktemp("two") / "clip.mp4", MultiClipSpec())
+
+
+@pytest.fixture(scope="module")
+def masked_behind(tmp_path_factory: pytest.TempPathFactory) -> MultiClipTruth:
+    """The masked person is the far one, and the near head passes over part of the mask."""
+    spec = MultiClipSpec(masked=(False, True), seed=2)
+    return make_multi_face_clip(tmp_path_factory.mktemp("behind") / "clip.mp4", spec)
+
+
+def _occluder_coloured(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    """Pixels within encoder noise of the occluder's light blue."""
+    distance = np.abs(pixels.astype(np.float64) - _OCCLUDER_BGR).max(axis=-1)
+    return np.asarray(distance < 16, dtype=np.bool_)
+
+
+def _box_slice(box: npt.NDArray[np.float64], shape: tuple[int, ...]) -> tuple[slice, slice]:
+    x, y, w, h = box
+    x0, y0 = max(0, int(x)), max(0, int(y))
+    return slice(y0, min(shape[0], int(y + h))), slice(x0, min(shape[1], int(x + w)))
+
+
+def test_multi_truth_has_a_person_axis(two_people: MultiClipTruth) -> None:
+    n = two_people.frame_count
+    assert n == 60 and two_people.people == 2
+    assert two_people.masked == (True, False)
+    assert two_people.pts == tuple(range(60)) and two_people.time_base == Fraction(1, 25)
+    assert two_people.landmarks5.shape == (n, 2, 5, 2)
+    assert two_people.face_boxes.shape == (n, 2, 4)
+    assert two_people.occluder_masks.shape == (n, 2, 360, 640)
+    assert two_people.face_visibility.shape == (n, 2)
+    assert np.isfinite(two_people.landmarks5).all() and np.isfinite(two_people.face_boxes).all()
+    assert two_people.audio_sample_rate_hz is None
+    assert two_people.occluder_masks[:, 0].any(axis=(1, 2)).all()
+    assert not two_people.occluder_masks[:, 1].any()
+    images, times = _decode_video(two_people.path)
+    assert len(images) == n and images[0].shape == (360, 640, 3)
+    assert times == _truth_times(two_people.person(0))
+
+
+def test_person_view_is_the_single_face_truth(two_people: MultiClipTruth) -> None:
+    one = two_people.person(1)
+    assert isinstance(one, ClipTruth)
+    assert np.array_equal(one.face_boxes, two_people.face_boxes[:, 1])
+    assert np.array_equal(one.landmarks5, two_people.landmarks5[:, 1])
+    assert np.array_equal(one.occluder_masks, two_people.occluder_masks[:, 1])
+    assert one.pts == two_people.pts and one.path == two_people.path
+
+
+def test_faces_cross_each_other(two_people: MultiClipTruth) -> None:
+    boxes = two_people.face_boxes
+    centre = boxes[:, :, :2] + boxes[:, :, 2:] / 2
+    left_to_right = centre[:, 0, 0] < centre[:, 1, 0]
+    assert left_to_right[0] and not left_to_right[-1]
+    assert np.count_nonzero(np.diff(left_to_right.astype(int))) == 1, "one clean swap"
+    # They pass close: at the crossing the centres are within about two face heights.
+    gap = np.linalg.norm(centre[:, 0] - centre[:, 1], axis=1)
+    assert gap.min() < 2.0 * boxes[:, :, 3].mean()
+    # Smooth motion, and each person moves a long way.
+    assert np.abs(np.diff(centre, axis=0)).max() < 10.0
+    assert (np.ptp(centre[:, :, 0], axis=0) > 200).all()
+    # Different sizes: the near person is larger.
+    assert boxes[:, 0, 3].mean() > 1.1 * boxes[:, 1, 3].mean()
+
+
+def test_multi_truth_matches_the_pixels(two_people: MultiClipTruth) -> None:
+    images, _ = _decode_video(two_people.path)
+    for i, image in enumerate(images):
+        mask = two_people.occluder_masks[i, 0]
+        inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        # Pleat lines are darker, so most rather than all inner pixels are the light blue.
+        assert _occluder_coloured(image[inner]).mean() > 0.8, f"frame {i}"
+        # The unmasked face shows no occluder paint (outside the other person's mask).
+        region = _box_slice(two_people.face_boxes[i, 1], mask.shape)
+        bare = image[region][~mask[region]]
+        assert _occluder_coloured(bare).mean() < 0.01, f"frame {i}"
+
+
+def test_masks_and_visibility_follow_depth(masked_behind: MultiClipTruth) -> None:
+    masks = masked_behind.occluder_masks
+    assert not (masks[:, 0] & masks[:, 1]).any()
+    assert (masked_behind.face_visibility[:, 0] == 1.0).all()
+    far = masked_behind.face_visibility[:, 1]
+    assert far.min() < 0.9, "the near head passes over the far face"
+    assert far.max() == 1.0
+    # Where the near head hides part of the mask, the truth keeps only what is seen: the
+    # mask's area dips at the crossing although the far face keeps its size.
+    area = masks[:, 1].sum(axis=(1, 2)).astype(np.float64)
+    hidden = int(np.argmin(far))
+    assert area[hidden] < 0.9 * np.median(area)
+    image = _decode_video(masked_behind.path)[0][hidden]
+    # Truth pixels are at least half paint, so most still read as the light blue; the
+    # painted pixels the near head hides do not.
+    inner = cv2.erode(masks[hidden, 1].astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert _occluder_coloured(image[inner]).mean() > 0.65
+    painted = testclip._occluder_mask(masked_behind.landmarks5[hidden, 1], 640, 360)
+    assert (masks[hidden, 1] <= painted).all()
+    out_of_sight = painted & ~masks[hidden, 1]
+    assert out_of_sight.sum() > 0.1 * painted.sum()
+    assert _occluder_coloured(image[out_of_sight]).mean() < 0.2
+
+
+@pytest.mark.parametrize("clip_name", ["two_people", "masked_behind"])
+def test_yunet_finds_both_faces(clip_name: str, request: pytest.FixtureRequest) -> None:
+    truth: MultiClipTruth = request.getfixturevalue(clip_name)
+    detector = FaceDetector()
+    images, _ = _decode_video(truth.path)
+    found = np.zeros((truth.frame_count, truth.people), dtype=bool)
+    for i, image in enumerate(images):
+        faces = detector.detect(image)
+        for p in range(truth.people):
+            x, y, w, h = truth.face_boxes[i, p]
+            for face in faces:
+                fx, fy, fw, fh = face.box
+                near = np.hypot(fx + fw / 2 - x - w / 2, fy + fh / 2 - y - h / 2) < 0.25 * h
+                if near and 0.7 < fh / h < 1.4:
+                    found[i, p] = True
+    assert (found.mean(axis=0) >= 0.9).all(), found.mean(axis=0)
+
+
+def test_people_look_different(two_people: MultiClipTruth) -> None:
+    images, _ = _decode_video(two_people.path)
+    means = []
+    for p in range(2):
+        # The upper half of the face box: above any occluder.
+        x, y, w, h = two_people.face_boxes[0, p]
+        upper = images[0][
+            int(y + 0.15 * h) : int(y + 0.45 * h), int(x + 0.2 * w) : int(x + 0.8 * w)
+        ]
+        means.append(upper.reshape(-1, 3).mean(axis=0))
+    assert np.abs(means[0] - means[1]).max() > 10.0
+
+
+def test_multi_truth_is_deterministic(tmp_path: Path) -> None:
+    spec = MultiClipSpec(duration_s=0.4, seed=4, masked=(True, True))
+    a = make_multi_face_clip(tmp_path / "a.mp4", spec)
+    b = make_multi_face_clip(tmp_path / "b.mp4", spec)
+    assert np.array_equal(a.face_boxes, b.face_boxes)
+    assert np.array_equal(a.landmarks5, b.landmarks5)
+    assert np.array_equal(a.occluder_masks, b.occluder_masks)
+    assert np.array_equal(a.face_visibility, b.face_visibility)
+    assert a.occluder_masks[:, 1].any() and a.masked == (True, True)
+    other = make_multi_face_clip(tmp_path / "c.mp4", MultiClipSpec(duration_s=0.4, seed=5))
+    assert not np.array_equal(a.face_boxes, other.face_boxes)
+
+
+def test_three_people(tmp_path: Path) -> None:
+    spec = MultiClipSpec(duration_s=0.4, people=3, masked=(False, True, False))
+    truth = make_multi_face_clip(tmp_path / "three.mp4", spec)
+    assert truth.face_boxes.shape == (10, 3, 4)
+    assert [bool(truth.occluder_masks[:, p].any()) for p in range(3)] == [False, True, False]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        MultiClipSpec(people=0),
+        MultiClipSpec(people=testclip.MAX_PEOPLE + 1),
+        MultiClipSpec(people=2, masked=(True,)),
+        MultiClipSpec(width=32),
+        MultiClipSpec(duration_s=0.0),
+    ],
+)
+def test_impossible_multi_specs_are_rejected(tmp_path: Path, spec: MultiClipSpec) -> None:
+    with pytest.raises(ValueError):
+        make_multi_face_clip(tmp_path / "clip.mp4", spec)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_writes_a_multi_face_clip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "people.mp4"
+    argv = [str(out), "--people", "2", "--masked", "1", "--duration-s", "0.4", "--no-audio"]
+    assert testclip.main(argv) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "people=2 masked=1" in printed[0]
+    images, _ = _decode_video(out)
+    assert len(images) == 10 and images[0].shape == (360, 640, 3)
+    assert testclip.main([str(tmp_path / "bad.mp4"), "--people", "2", "--masked", "2"]) == 1
+    assert "--masked" in capsys.readouterr().err

@@ -12,7 +12,14 @@ import cv2
 import pytest
 
 from avinpaint.checkpoint import shipped_path
-from stream.testclip import ClipSpec, ClipTruth, make_talking_head_clip
+from stream.testclip import (
+    ClipSpec,
+    ClipTruth,
+    MultiClipSpec,
+    MultiClipTruth,
+    make_multi_face_clip,
+    make_talking_head_clip,
+)
 
 # Shared, noisy cores: one thread keeps the suite fast and its timings meaningful.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -75,3 +82,22 @@ def lite_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     return cache
+
+
+@pytest.fixture(scope="session")
+def multi_clip(tmp_path_factory: pytest.TempPathFactory) -> MultiClipTruth:
+    """Two people crossing, 2.4 s 640x360 25 fps, no audio: person 0 (near) wears the
+    occluder, person 1 (far, mirrored, another skin tone) does not."""
+    path = tmp_path_factory.mktemp("multi") / "people.mp4"
+    return make_multi_face_clip(path, MultiClipSpec(crf=12))
+
+
+@pytest.fixture(scope="session")
+def make_multi_clip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Factory for multi-face variants: ``make_multi_clip(name, **MultiClipSpec fields)``."""
+    root = tmp_path_factory.mktemp("multi-variants")
+
+    def make(name: str, **fields: object) -> MultiClipTruth:
+        return make_multi_face_clip(root / name, MultiClipSpec(**fields))  # type: ignore[arg-type]
+
+    yield make

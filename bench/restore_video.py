@@ -286,9 +286,11 @@ class RecordingDetector:
         self._detector = detector
         self.calls: list[list[_Region]] = []
 
-    def predict(self, faces: list[AlignedFace]) -> list[Occlusion]:
+    def predict(
+        self, faces: list[AlignedFace], track_ids: Sequence[int] | None = None
+    ) -> list[Occlusion]:
         """The detector's occlusions; the covered ones are recorded."""
-        occlusions = self._detector.predict(faces)
+        occlusions = self._detector.predict(faces, track_ids)
         self.calls.append(
             [
                 (occ.mask_256.copy(), face.inverse_affine)
@@ -297,6 +299,10 @@ class RecordingDetector:
             ]
         )
         return occlusions
+
+    def reset(self) -> None:
+        """Forget the detector's per-track state."""
+        self._detector.reset()
 
     def regions_by_frame(self, report: ProcessReport) -> dict[int, list[_Region]]:
         """The recorded regions keyed by frame index.

@@ -35,9 +35,11 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _frame(face: bool, width: int, height: int) -> np.ndarray:
+def _frames(face: bool, width: int, height: int, occluder: bool) -> list[np.ndarray]:
+    """2 s of a generated talking head (moving, with a mask when ``occluder``), resized;
+    without ``face``, one frame of noise."""
     if not face:
-        return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        return [np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)]
     import av
     import cv2
 
@@ -45,10 +47,10 @@ def _frame(face: bool, width: int, height: int) -> np.ndarray:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
-        make_talking_head_clip(path, ClipSpec(duration_s=0.2, audio=False))
+        make_talking_head_clip(path, ClipSpec(duration_s=2.0, audio=False, occluder=occluder))
         with av.open(str(path)) as container:
-            image = next(container.decode(video=0)).to_ndarray(format="bgr24")
-    return np.asarray(cv2.resize(image, (width, height)), dtype=np.uint8)
+            images = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    return [np.asarray(cv2.resize(i, (width, height)), dtype=np.uint8) for i in images]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--face", action="store_true", help="frames with a face to restore")
+    parser.add_argument(
+        "--face", action="store_true", help="a moving masked talking head (2 s, cycled)"
+    )
+    parser.add_argument(
+        "--clean", action="store_true", help="with --face: no mask on the face (nothing to do)"
+    )
+    parser.add_argument(
+        "--region",
+        choices=["detect", "paper"],
+        default="detect",
+        help="the streams' region: detect what covers each face (the default) or the "
+        "paper's fixed box on every face",
+    )
     parser.add_argument(
         "--inpainter",
         choices=["telea", "ns", "model"],
@@ -84,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
 
         model_args = parse_backend_arguments(["--backend", "onnxruntime"])
         open_model = functools.partial(open_model_inpainter, model_args, 1)
-    stream_options: dict[str, Any] = {"inpainter": args.inpainter, "reuse": not args.no_reuse}
+    stream_options: dict[str, Any] = {
+        "inpainter": args.inpainter,
+        "reuse": not args.no_reuse,
+        "region": args.region,
+    }
 
-    image = _frame(args.face, args.width, args.height)
+    images = _frames(args.face, args.width, args.height, occluder=not args.clean)
     stop, ready = threading.Event(), threading.Event()
     endpoint: list[str] = []
 
@@ -113,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         pids = list(probe.stats()["workers"].values())
         # one warm-up stream so model/detector start-up is not counted as a leak
         probe.open_stream("warmup", **stream_options)
-        probe.restore("warmup", image)
+        probe.restore("warmup", images[0])
         probe.close_stream("warmup")
     rss_before = {pid: _rss_mb(pid) for pid in pids}
     results: dict[int, Any] = {}
@@ -125,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.frames):
                 start = time.perf_counter()
                 try:
-                    c.restore(f"bench{index}", image, time_s=i / 25)
+                    c.restore(f"bench{index}", images[i % len(images)], time_s=i / 25)
                 except Exception:
                     errors += 1
                     continue
@@ -150,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 "clients": args.clients,
                 "frames_per_client": args.frames,
                 "workers": args.workers,
-                "frame": f"{args.width}x{args.height} {'face' if args.face else 'no face'}",
+                "frame": f"{args.width}x{args.height} "
+                + ("no face" if not args.face else "clean face" if args.clean else "masked face"),
+                "region": args.region,
                 "inpainter": args.inpainter,
                 "reuse": not args.no_reuse,
                 "replies": len(ms),

@@ -42,48 +42,70 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_region_options(parser: argparse.ArgumentParser) -> None:
-    """``--mask-box`` / ``--mask-image`` (the crop-space region) or ``--mask-detect`` (the
-    segmenter), and ``--mask-threshold``; shared by process and live (``_occlusion_model``)."""
+    """The region to restore: by default the segmenter finds what covers each face
+    (``--mask-detect`` says so explicitly); ``--mask-box`` / ``--mask-image`` ask for a
+    fixed crop-space region on every face (the paper's protocol). Shared by process and
+    live (``_occlusion_model``)."""
     region = parser.add_mutually_exclusive_group()
+    region.add_argument(
+        "--mask-detect",
+        action="store_true",
+        help="find what covers each face with the shipped occlusion segmenter and restore "
+        "only the covered pixels of covered faces; other faces pass through exactly as "
+        "they are (the default; this flag only says so)",
+    )
     region.add_argument(
         "--mask-box",
         metavar="X,Y,W,H",
-        help="region to restore in aligned 256x256 crop pixels "
-        "(default: the paper's box, rows 89-216, cols 64-191)",
+        nargs="?",
+        const="paper",
+        help="instead of detection, restore this fixed region of every face, in aligned "
+        "256x256 crop pixels; alone: the paper's box, rows 89-216, cols 64-191",
     )
     region.add_argument(
         "--mask-image",
         type=Path,
         metavar="PNG",
-        help="256x256 mask in crop space; white marks pixels to restore",
-    )
-    region.add_argument(
-        "--mask-detect",
-        action="store_true",
-        help="find what covers each face with the shipped occlusion segmenter and restore "
-        "only faces that are covered; other faces are left exactly as they are",
+        help="instead of detection, restore this fixed 256x256 crop-space mask of every "
+        "face; white marks pixels to restore",
     )
     parser.add_argument(
         "--mask-threshold",
         type=float,
         metavar="FRACTION",
-        help="with --mask-detect: restore a face when at least this fraction of it is "
-        "covered (default: 0.04)",
+        help="restore a face when at least this fraction of it is covered "
+        "(default: 0.04; detection only)",
     )
     parser.add_argument(
         "--mask-dilate-px",
         type=int,
         metavar="N",
-        help="with --mask-detect: grow each detected region by N crop pixels into the visible "
-        "face (default: 0, exactly what covers the face; growth costs identity)",
+        help="grow each detected region by N crop pixels into the visible face (default: 0, "
+        "exactly what covers the face; growth costs identity; detection only)",
+    )
+
+
+def _add_provenance_options(parser: argparse.ArgumentParser, where: str) -> None:
+    """``--no-sidecar`` and ``--mark-restored``: saying which pixels were made up."""
+    parser.add_argument(
+        "--no-sidecar",
+        action="store_true",
+        help=f"do not write the provenance sidecar (default: {where}, one JSON line per "
+        "frame: each face's track id, box, coverage, backend and the exact restored pixels; "
+        "read it with python -m stream.provenance)",
+    )
+    parser.add_argument(
+        "--mark-restored",
+        action="store_true",
+        help="burn a visible outline around every restored region into the video",
     )
 
 
 def _fixed_region_mask(args: argparse.Namespace) -> Mask:
-    """The crop-space mask of ``--mask-image`` or ``--mask-box`` (default: the paper's box)."""
+    """The crop-space mask of ``--mask-image`` or ``--mask-box`` (bare: the paper's box)."""
     if args.mask_image:
         return load_mask_image(args.mask_image)
-    return box_mask(parse_box(args.mask_box) if args.mask_box else None)
+    return box_mask(parse_box(args.mask_box) if args.mask_box != "paper" else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the speech the model hears instead of the input's own: another file's audio "
         "on the input's timeline, or none (the neutral speaker throughout)",
     )
+    _add_provenance_options(proc, "OUTPUT's name with .restored.jsonl, beside it")
     proc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_backend_arguments(proc)
     _add_live(sub)
@@ -235,6 +258,7 @@ def _add_live(sub: argparse._SubParsersAction[_Parser]) -> None:
         "unrestored, older ones dropped (default: 250)",
     )
     _add_region_options(live)
+    _add_provenance_options(live, "with --record, its name with .restored.jsonl, beside it")
     live.add_argument(
         "--inpainter",
         choices=["auto", "model", "telea", "ns"],
@@ -351,6 +375,8 @@ def _run_live(args: argparse.Namespace) -> int:
         stats_interval_s=args.stats_every_s,
         speaker=not args.no_speaker,
         reuse=None if args.no_reuse else ReuseOptions(),
+        sidecar=not args.no_sidecar,
+        mark_restored=args.mark_restored,
     )
     # LiveSession checks this too, but only after the slow loads below (segmenter, model):
     # a mistyped path should fail at once, like the usage errors above.
@@ -542,27 +568,28 @@ def _run_keygen(args: argparse.Namespace) -> int:
 
 
 def _occlusion_model(args: argparse.Namespace) -> OcclusionModel:
-    """--mask-detect's segmenter, or the fixed region of --mask-box / --mask-image."""
-    if args.mask_threshold is not None and not args.mask_detect:
-        raise UsageError("--mask-threshold needs --mask-detect")
-    if args.mask_dilate_px is not None and not args.mask_detect:
-        raise UsageError("--mask-dilate-px needs --mask-detect")
-    if args.mask_detect:
-        from stream.mask_detect import MaskDetectOptions, MaskDetector
+    """The segmenter (the default), or the fixed region of --mask-box / --mask-image."""
+    fixed = args.mask_box is not None or args.mask_image is not None
+    if fixed:
+        if args.mask_threshold is not None:
+            raise UsageError("--mask-threshold applies to detection, not to a fixed region")
+        if args.mask_dilate_px is not None:
+            raise UsageError("--mask-dilate-px applies to detection, not to a fixed region")
+        return FixedRegion(_fixed_region_mask(args))
+    from stream.mask_detect import MaskDetectOptions, MaskDetector
 
-        fraction = args.mask_threshold
-        if fraction is None:
-            fraction = MaskDetectOptions.covered_fraction
-        if not 0.0 < fraction <= 1.0:
-            raise UsageError(f"--mask-threshold must be within (0, 1], got {fraction}")
-        dilate = args.mask_dilate_px
-        if dilate is None:
-            dilate = MaskDetectOptions.dilate_px
-        if not 0 <= dilate <= 64:
-            raise UsageError(f"--mask-dilate-px must be within 0..64, got {dilate}")
-        # Raises AvstreamError (exit 1) when the package was installed without its weights.
-        return MaskDetector(MaskDetectOptions(covered_fraction=fraction, dilate_px=dilate))
-    return FixedRegion(_fixed_region_mask(args))
+    fraction = args.mask_threshold
+    if fraction is None:
+        fraction = MaskDetectOptions.covered_fraction
+    if not 0.0 < fraction <= 1.0:
+        raise UsageError(f"--mask-threshold must be within (0, 1], got {fraction}")
+    dilate = args.mask_dilate_px
+    if dilate is None:
+        dilate = MaskDetectOptions.dilate_px
+    if not 0 <= dilate <= 64:
+        raise UsageError(f"--mask-dilate-px must be within 0..64, got {dilate}")
+    # Raises AvstreamError (exit 1) when the package was installed without its weights.
+    return MaskDetector(MaskDetectOptions(covered_fraction=fraction, dilate_px=dilate))
 
 
 def _run_process(args: argparse.Namespace) -> int:
@@ -576,6 +603,8 @@ def _run_process(args: argparse.Namespace) -> int:
         reuse=None if args.no_reuse else ReuseOptions(),
         decode_threads=args.threads,
         speaker_audio=_speaker_audio(args),
+        sidecar=not args.no_sidecar,
+        mark_restored=args.mark_restored,
     )
     with _open_inpainter(args, threads=args.threads) as (inpainter, speaker_sink):
         if args.speaker_audio == "none":

@@ -12,6 +12,7 @@ least 0.5. Every other pixel keeps its exact decoded value.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -59,6 +60,23 @@ def feather(mask_256: Mask, feather_px: float) -> Mask:
     return np.where(hole > 0, weight, 0.0).astype(np.float32)
 
 
+@dataclass(frozen=True, eq=False)
+class FrameRegion:
+    """Frame pixels a composite changed: ``inside`` (boolean, the ROI's shape) placed with
+    its top-left corner at (``x``, ``y``) of the frame."""
+
+    x: int
+    y: int
+    inside: BoolMask
+
+    def full(self, shape: tuple[int, int]) -> BoolMask:
+        """The region as an (H, W) boolean mask of a frame of ``shape`` (H, W)."""
+        out = np.zeros(shape, dtype=bool)
+        height, width = self.inside.shape
+        out[self.y : self.y + height, self.x : self.x + width] = self.inside
+        return out
+
+
 def composite(frame: Image, crop: Image, weight_256: Mask, inverse_affine: FloatArray) -> Image:
     """Blend ``crop`` (aligned space) into a copy of ``frame`` inside the hole of
     ``weight_256`` (its pixels > 0, as ``feather`` makes it), with the weight as alpha.
@@ -68,14 +86,23 @@ def composite(frame: Image, crop: Image, weight_256: Mask, inverse_affine: Float
     inside) replaces every one of its frame pixels completely, with no bilinear fringe of
     partly blended pixels around it. Only the hole's bounding box is touched, so the cost
     does not grow with the frame size."""
+    return composite_region(frame, crop, weight_256, inverse_affine)[0]
+
+
+def composite_region(
+    frame: Image, crop: Image, weight_256: Mask, inverse_affine: FloatArray
+) -> tuple[Image, FrameRegion | None]:
+    """``composite``, and the frame pixels it replaced (None: the hole is empty or falls
+    outside the frame). The provenance record is made from exactly this region, so it
+    cannot drift from what was drawn."""
     out = frame.copy()
     roi = _roi(weight_256, inverse_affine, frame.shape[1], frame.shape[0])
     if roi is None:
-        return out
+        return out, None
     x0, y0, x1, y1 = roi
     inside, alpha = _warp_weight(weight_256, inverse_affine, roi)
     if not inside.any():
-        return out
+        return out, None
     shift = _shifted(inverse_affine, x0, y0)
     warped_crop = cv2.warpAffine(
         crop, shift, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
@@ -84,7 +111,7 @@ def composite(frame: Image, crop: Image, weight_256: Mask, inverse_affine: Float
     a = alpha[inside][:, None]
     blended = region[inside].astype(np.float32) * (1.0 - a) + warped_crop[inside] * a
     region[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return out
+    return out, FrameRegion(x0, y0, inside)
 
 
 def changed_region(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
@@ -49,7 +50,17 @@ from stream.errors import AvstreamError, InputError, OutputError, UsageError
 from stream.inpaint import Inpainter
 from stream.media import OUTPUT_EXTENSIONS, AtomicOutput, EncodeOptions, bgr_to_frame, frame_to_bgr
 from stream.occlusion import OcclusionModel
-from stream.restore import FaceAnalyser, ReuseCache, ReuseOptions, restore_frame
+from stream.provenance import (
+    FrameProvenance,
+    SidecarHeader,
+    SidecarWriter,
+    frame_provenance,
+    marked,
+    recorded_provenance,
+    rescaled,
+    sidecar_path,
+)
+from stream.restore import FaceAnalyser, RestoredFrame, ReuseCache, ReuseOptions, restore_frame
 from stream.rtsp import FeedFormat, RtspAddress, RtspFeed, RtspServer
 from stream.speaker import SileroVad, SpeakerWindow, SpeechWindow
 from stream.track import TrackerOptions
@@ -127,6 +138,10 @@ class LiveOptions:
     stats_interval_s: float = 5.0
     speaker: bool = True
     reuse: ReuseOptions | None = field(default_factory=ReuseOptions)
+    sidecar: bool = True
+    """With a recording, write its provenance sidecar (``stream.provenance``) beside it."""
+    mark_restored: bool = False
+    """Burn an outline around every restored region into the served and recorded video."""
 
     def __post_init__(self) -> None:
         if self.max_latency_ms <= 0:
@@ -688,11 +703,23 @@ class LiveRecorder:
         path: Path,
         fmt: FeedFormat,
         encode: EncodeOptions,
+        *,
+        sidecar: bool = False,
     ) -> None:
+        """``sidecar``: also write the provenance sidecar beside the recording, one line per
+        recorded frame (renamed into place only with the recording)."""
         check_record_path(path)
         self.path = path
         self._fmt = fmt
         self._atomic = AtomicOutput(path)
+        self._sidecar = (
+            SidecarWriter(sidecar_path(path), SidecarHeader(fmt.width, fmt.height, path.name))
+            if sidecar
+            else None
+        )
+        if self._sidecar is not None:
+            # Opened now, so a sidecar that cannot be written fails before any frame is.
+            self._sidecar.__enter__()
         container_format = {".mkv": "matroska", ".m4v": "mp4"}.get(path.suffix.lower())
         try:
             self._out = av.open(str(self._atomic.temp_path), mode="w", format=container_format)
@@ -722,9 +749,12 @@ class LiveRecorder:
         self._thread = threading.Thread(target=self._run, name="avstream-record", daemon=True)
         self._thread.start()
 
-    def write_video(self, image: Image, time_s: float) -> None:
-        """Queue a BGR frame at output time ``time_s``."""
-        self._enqueue(("video", image, time_s))
+    def write_video(
+        self, image: Image, time_s: float, record: FrameProvenance | None = None
+    ) -> None:
+        """Queue a BGR frame at output time ``time_s`` and what was restored in it (None: the
+        frame went out as it came, nothing restored)."""
+        self._enqueue(("video", (image, record), time_s))
 
     def write_audio(self, pcm: Pcm, time_s: float) -> None:
         """Queue interleaved PCM starting at output time ``time_s``."""
@@ -748,7 +778,8 @@ class LiveRecorder:
                     break
                 kind, data, time_s = item
                 if kind == "video":
-                    self._encode_video(data, time_s)
+                    image, record = data
+                    self._encode_video(image, time_s, record)
                 else:
                     self._encode_audio(data, time_s)
             for packet in self._video.encode(None):
@@ -758,7 +789,7 @@ class LiveRecorder:
         except BaseException as exc:
             self._error = exc
 
-    def _encode_video(self, image: Image, time_s: float) -> None:
+    def _encode_video(self, image: Image, time_s: float, record: FrameProvenance | None) -> None:
         pts = round(time_s / self._time_base)
         if self._last_pts is not None and pts <= self._last_pts:
             pts = self._last_pts + 1
@@ -767,6 +798,10 @@ class LiveRecorder:
         frame.pts = pts
         frame.time_base = self._time_base
         self._out.mux(self._video.encode(frame))
+        if self._sidecar is not None:
+            # Indexed by the recording's own frames and times (the source's frame numbers
+            # skip the frames live mode dropped).
+            self._sidecar.write(recorded_provenance(record, self.frames, pts, time_s))
         self.frames += 1
 
     def _encode_audio(self, pcm: Pcm, time_s: float) -> None:
@@ -799,7 +834,10 @@ class LiveRecorder:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
-        with self._atomic:
+        with self._atomic, contextlib.ExitStack() as sidecar_scope:
+            if self._sidecar is not None:
+                # Its __exit__ removes the temporary sidecar unless commit() ran below.
+                sidecar_scope.push(self._sidecar)
             try:
                 self._out.close()
             except av.error.FFmpegError as exc:
@@ -808,6 +846,8 @@ class LiveRecorder:
                 raise OutputError(f"recording {self.path} failed: {self._error}")
             if self.frames == 0:
                 return None
+            if self._sidecar is not None:
+                self._sidecar.commit()
             self._atomic.commit()
         self._committed = True
         return self.path
@@ -864,9 +904,12 @@ class _SpeakerFeed:
 
 @dataclass(frozen=True, eq=False)
 class _Restored:
-    image: Image
-    faces: int
+    frame: RestoredFrame
     duration_s: float
+
+    @property
+    def faces(self) -> int:
+        return len(self.frame.faces)
 
 
 class LiveSession:
@@ -1154,15 +1197,12 @@ class LiveSession:
                 self._faces_reused += self._reuse.reused
             reuse = self.options.reuse
             self._reuse = ReuseCache(reuse) if reuse is not None else None
+            self._occlusion.reset()
         work = self._analyser.analyse(item.frame)
         result = restore_frame(
             work, self._inpainter, self._occlusion, self.options.feather_px, self._reuse
         )
-        return _Restored(
-            image=result.frame.image,
-            faces=len(result.faces),
-            duration_s=time.perf_counter() - started,
-        )
+        return _Restored(frame=result, duration_s=time.perf_counter() - started)
 
     def _ensure_outputs(self, segment: _SegmentInfo) -> FeedFormat:
         if self._fmt is not None:
@@ -1179,18 +1219,32 @@ class LiveSession:
         if self._server is not None and self.outputs.serve is not None:
             self._feed = self._server.add_feed(self.outputs.serve.path, fmt)
         if self.outputs.record is not None:
-            self._recorder = LiveRecorder(self.outputs.record, fmt, opts.record_encode)
+            self._recorder = LiveRecorder(
+                self.outputs.record, fmt, opts.record_encode, sidecar=opts.sidecar
+            )
         self._fmt = fmt
         return fmt
 
     def _emit_video(self, item: _VideoItem, restored: _Restored | None) -> None:
         fmt = self._ensure_outputs(item.segment)
-        image = _fit(restored.image if restored else item.frame.image, fmt)
+        shown = restored.frame if restored is not None else None
+        source = shown.frame.image if shown is not None else item.frame.image
+        shape = (source.shape[0], source.shape[1])
+        if shown is not None and self.options.mark_restored:
+            shown = marked(shown, shape)
+        image = _fit(shown.frame.image if shown is not None else item.frame.image, fmt)
         frame_s = 1.0 / float(fmt.fps)
         if self._feed is not None:
             self._feed.push_video(image, item.time_s, frame_s)
         if self._recorder is not None:
-            self._recorder.write_video(image, item.time_s)
+            record = None
+            if shown is not None:
+                # Regions are drawn on the source frame; the outputs may pad it by a pixel
+                # (nothing moves) or scale it (a source that changed size on reconnect).
+                record = frame_provenance(shown, shape)
+                if fmt.width - shape[1] not in (0, 1) or fmt.height - shape[0] not in (0, 1):
+                    record = rescaled(record, shape, (fmt.height, fmt.width))
+            self._recorder.write_video(image, item.time_s, record)
         latency_ms = (time.monotonic() - item.arrival_s) * 1000.0
         c = self._counters
         with c.lock:

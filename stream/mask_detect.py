@@ -60,30 +60,35 @@ def face_region() -> npt.NDArray[np.bool_]:
 class MaskDetectOptions:
     """How masks and decisions are made.
 
-    ``pixel_threshold``: smoothed probability above which a pixel is covered (0.55 for
-    ``occlusion_v2``: chosen on painted training-split clips, where it keeps v2's gain in
-    recall over v1 at 0.5 and holds the restored region's precision on face masks at or above
-    v1's; see docs/MODEL_CARD_occlusion.md).
-    ``covered_fraction``: a face is restored when at least this fraction of its face region
-    (``face_region()``) is covered; chosen on held-out unmasked and synthetic faces (see
-    docs/MODEL_CARD_occlusion.md). ``release_ratio``: hysteresis, a covered track is
-    released below ``release_ratio * covered_fraction``. ``smoothing``: weight of the newest
-    frame in the per-track running average (1 = no smoothing). ``dilate_px``: growth of a
-    covered mask, crop pixels (0 by default: restoring visible skin costs identity, and at
-    0 the restored region already holds the occluder's anti-aliased edge, see
-    docs/MODEL_CARD_occlusion.md; 1 px with lite on three training-split clips gained 0.1-0.4
-    dB in the mask but dropped the changed pixels' precision from 0.956-0.980 to 0.936-0.960
-    and SFace by up to 0.007). ``context_px``: how far beyond the region the inpainter
-    treats pixels as unknown too (``Occlusion.context_px``; the composite still changes
-    only the region): the rim just outside a detected region still holds some of the
-    occluder (its anti-aliased edge, the segmenter's boundary error), and a fill that reads
-    it drags the occluder's colour into the hole (Telea diffuses it, the Poisson blend
-    levels the whole fill to it). Measured with ``bench.restore_video`` on three real
-    clips, 2 px against 0: the lite model +0.3 to +2.4 dB PSNR in the mask region, Telea
-    -0.4 to +0.7 dB; 4 px was no better. ``forget_after_frames``: a track not seen for this
-    many calls loses its state. ``backend``: onnxruntime (default) or torch. ``weights``: a .onnx
-    (onnxruntime) or .safetensors (torch) file instead of the shipped one. ``threads``:
-    intra-op threads of the backend."""
+        ``pixel_threshold``: smoothed probability above which a pixel is covered (0.55 for
+        ``occlusion_v2``: chosen on painted training-split clips, where it keeps v2's gain in
+        recall over v1 at 0.5 and holds the restored region's precision on face masks at or above
+        v1's; see docs/MODEL_CARD_occlusion.md).
+        ``covered_fraction``: a face is restored when at least this fraction of its face region
+        (``face_region()``) is covered; chosen on held-out unmasked and synthetic faces (see
+        docs/MODEL_CARD_occlusion.md). ``release_ratio``: hysteresis, a covered track is
+        released below ``release_ratio * covered_fraction``. ``smoothing``: weight of the newest
+        frame in the per-track running average (1 = no smoothing). ``dilate_px``: growth of a
+        covered mask, crop pixels (0 by default: restoring visible skin costs identity, and at
+        0 the restored region already holds the occluder's anti-aliased edge, see
+        docs/MODEL_CARD_occlusion.md; 1 px with lite on three training-split clips gained 0.1-0.4
+        dB in the mask but dropped the changed pixels' precision from 0.956-0.980 to 0.936-0.960
+        and SFace by up to 0.007). ``context_px``: how far beyond the region the inpainter
+        treats pixels as unknown too (``Occlusion.context_px``; the composite still changes
+        only the region): the rim just outside a detected region still holds some of the
+        occluder (its anti-aliased edge, the segmenter's boundary error), and a fill that reads
+        it drags the occluder's colour into the hole (Telea diffuses it, the Poisson blend
+        levels the whole fill to it). Measured with ``bench.restore_video`` on three real
+        clips, 2 px against 0: the lite model +0.3 to +2.4 dB PSNR in the mask region, Telea
+        -0.4 to +0.7 dB; 4 px was no better. ``forget_after_frames``: a track not seen for this
+        many calls loses its state. ``refresh_every``: cadence; a track whose decision is settled
+    is segmented again only every this many calls, unless its crop changed by more than
+    ``change_levels`` (mean absolute difference of a 32x32 grey thumbnail, 8-bit levels) since
+    it was last segmented or its coverage sits near the threshold; in between, its last mask is
+    reused (what covers a face moves with it, so it stays put in the aligned crop). 1 segments
+    every face of every call. ``backend``: onnxruntime (default) or torch. ``weights``: a .onnx
+        (onnxruntime) or .safetensors (torch) file instead of the shipped one. ``threads``:
+        intra-op threads of the backend."""
 
     pixel_threshold: float = 0.55
     covered_fraction: float = 0.04
@@ -92,6 +97,8 @@ class MaskDetectOptions:
     dilate_px: int = 0
     context_px: int = 2
     forget_after_frames: int = 25
+    refresh_every: int = 1
+    change_levels: float = 3.0
     backend: Backend = "onnxruntime"
     weights: Path | None = None
     threads: int = 1
@@ -107,8 +114,10 @@ class MaskDetectOptions:
             raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
         if self.dilate_px < 0 or self.context_px < 0:
             raise ValueError("dilate_px and context_px must be >= 0")
-        if self.forget_after_frames < 1 or self.threads < 1:
-            raise ValueError("forget_after_frames >= 1 and threads >= 1 needed")
+        if self.forget_after_frames < 1 or self.threads < 1 or self.refresh_every < 1:
+            raise ValueError("forget_after_frames, refresh_every and threads must be >= 1")
+        if self.change_levels < 0:
+            raise ValueError(f"change_levels must be >= 0, got {self.change_levels}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,6 +141,10 @@ class _TrackState:
     probability: Mask
     covered: bool
     last_seen: int
+    coverage: FaceCoverage | None = None
+    """The decision of the last segmented call, reused until the track is due again."""
+    thumbnail: npt.NDArray[np.float32] | None = None
+    segmented_at: int = 0
 
 
 @dataclass
@@ -192,23 +205,21 @@ class MaskDetector:
         self._tracks: dict[int, _TrackState] = {}
         self._matcher = _Matcher()
         self._calls = 0
+        self.segmented = 0
+        """Faces segmented so far (the rest reused their track's mask: ``refresh_every``)."""
+        self.reused = 0
 
-    def predict(self, faces: list[AlignedFace]) -> list[Occlusion]:
-        """One ``Occlusion`` per face: the region to restore (all zeros for an uncovered
-        face) and, as ``score``, the covered fraction of the face region. Faces are matched
-        to the previous call's by position; prefer ``predict_tracked`` where ids exist."""
-        return [
-            Occlusion(c.mask_256, c.coverage_fraction, self.options.context_px)
-            for c in self.analyse(faces, self._matcher.assign(faces))
-        ]
-
-    def predict_tracked(
-        self, faces: Sequence[AlignedFace], track_ids: Sequence[int]
+    def predict(
+        self, faces: list[AlignedFace], track_ids: Sequence[int] | None = None
     ) -> list[Occlusion]:
-        """Like ``predict`` with the tracker's ids."""
+        """One ``Occlusion`` per face: the region to restore (all zeros for an uncovered
+        face) and, as ``score``, the covered fraction of the face region. Per-track state
+        follows ``track_ids`` (the tracker's); without them faces are matched to the
+        previous call's by position."""
+        ids = self._matcher.assign(faces) if track_ids is None else track_ids
         return [
             Occlusion(c.mask_256, c.coverage_fraction, self.options.context_px)
-            for c in self.analyse(faces, track_ids)
+            for c in self.analyse(faces, ids)
         ]
 
     def analyse(self, faces: Sequence[AlignedFace], track_ids: Sequence[int]) -> list[FaceCoverage]:
@@ -219,16 +230,44 @@ class MaskDetector:
         if len(set(track_ids)) != len(track_ids):
             raise ValueError(f"track ids repeat within one frame: {list(track_ids)}")
         self._calls += 1
-        results: list[FaceCoverage] = []
+        results: list[FaceCoverage | None] = [None] * len(faces)
         if faces:
             crops = np.stack([f.crop for f in faces])
             if crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3) or crops.dtype != np.uint8:
                 raise ValueError(f"crops must be uint8 {CROP_SIZE}x{CROP_SIZE}x3")
-            probabilities = self._predict(crops)
-            for track_id, probability in zip(track_ids, probabilities, strict=True):
-                results.append(self._update(track_id, probability))
+            thumbnails = [_thumbnail(crop) for crop in crops]
+            due = [
+                i
+                for i, (track_id, thumb) in enumerate(zip(track_ids, thumbnails, strict=True))
+                if self._due(self._tracks.get(track_id), thumb)
+            ]
+            self.segmented += len(due)
+            self.reused += len(faces) - len(due)
+            if due:
+                probabilities = self._predict(crops[due])
+                for i, probability in zip(due, probabilities, strict=True):
+                    results[i] = self._update(track_ids[i], probability, thumbnails[i])
+            for i, track_id in enumerate(track_ids):
+                if results[i] is None:
+                    state = self._tracks[track_id]
+                    state.last_seen = self._calls
+                    assert state.coverage is not None
+                    results[i] = state.coverage
         self._forget()
-        return results
+        return [r for r in results if r is not None]
+
+    def _due(self, state: _TrackState | None, thumbnail: npt.NDArray[np.float32]) -> bool:
+        """Whether a face must be segmented this call (see ``refresh_every``)."""
+        options = self.options
+        if state is None or state.coverage is None or state.thumbnail is None:
+            return True
+        if self._calls - state.segmented_at >= options.refresh_every:
+            return True
+        if float(np.abs(thumbnail - state.thumbnail).mean()) > options.change_levels:
+            return True
+        # Near the threshold the decision may flip: keep looking every call.
+        threshold = options.covered_fraction
+        return 0.5 * threshold <= state.coverage.coverage_fraction <= 2.0 * threshold
 
     def analyse_still(self, crops: npt.NDArray[np.uint8]) -> list[FaceCoverage]:
         """Decisions for unrelated photos: no smoothing, no hysteresis, no state kept."""
@@ -242,7 +281,9 @@ class MaskDetector:
         self._tracks.clear()
         self._matcher = _Matcher()
 
-    def _update(self, track_id: int, probability: Mask) -> FaceCoverage:
+    def _update(
+        self, track_id: int, probability: Mask, thumbnail: npt.NDArray[np.float32]
+    ) -> FaceCoverage:
         probability = probability.astype(np.float32)
         state = self._tracks.get(track_id)
         was_covered = False
@@ -253,7 +294,9 @@ class MaskDetector:
             probability = weight * probability + (np.float32(1.0) - weight) * state.probability
             was_covered = state.covered
         coverage = self._decide(track_id, probability, was_covered)
-        self._tracks[track_id] = _TrackState(probability, coverage.covered, self._calls)
+        self._tracks[track_id] = _TrackState(
+            probability, coverage.covered, self._calls, coverage, thumbnail, self._calls
+        )
         return coverage
 
     def _decide(self, track_id: int, probability: Mask, was_covered: bool) -> FaceCoverage:
@@ -275,6 +318,12 @@ class MaskDetector:
         horizon = self._calls - self.options.forget_after_frames
         for track_id in [t for t, s in self._tracks.items() if s.last_seen <= horizon]:
             del self._tracks[track_id]
+
+
+def _thumbnail(crop: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA)
+    return np.asarray(small, np.float32)
 
 
 # --- runtimes ------------------------------------------------------------------------------

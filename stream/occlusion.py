@@ -3,7 +3,9 @@ fixed region given on the command line (``--mask-box`` / ``--mask-image``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from stream.types import AlignedFace, Mask, Occlusion
@@ -12,8 +14,15 @@ from stream.types import AlignedFace, Mask, Occlusion
 class OcclusionModel(Protocol):
     """Says which pixels of each aligned crop are covered."""
 
-    def predict(self, faces: list[AlignedFace]) -> list[Occlusion]:
-        """One ``Occlusion`` per face, same order."""
+    def predict(
+        self, faces: list[AlignedFace], track_ids: Sequence[int] | None = None
+    ) -> list[Occlusion]:
+        """One ``Occlusion`` per face, same order. ``track_ids``: the tracker's id of each
+        face, for models that keep per-face state (None: match faces by position)."""
+        ...
+
+    def reset(self) -> None:
+        """Forget per-face state (a new stream or connection: track ids start over)."""
         ...
 
 
@@ -23,6 +32,21 @@ class FixedRegion:
 
     mask_256: Mask
 
-    def predict(self, faces: list[AlignedFace]) -> list[Occlusion]:
-        """The fixed region for each face, with full confidence."""
-        return [Occlusion(mask_256=self.mask_256, score=1.0) for _ in faces]
+    @cached_property
+    def coverage(self) -> float:
+        """The fraction of the face region (``mask_detect.face_region``) the region covers:
+        the same measure ``--mask-detect`` reports, so a fixed and a detected region read
+        alike in logs, stats and the provenance sidecar."""
+        from stream.mask_detect import face_region
+
+        face = face_region()
+        return float(((self.mask_256 > 0.5) & face).sum()) / float(face.sum())
+
+    def predict(
+        self, faces: list[AlignedFace], track_ids: Sequence[int] | None = None
+    ) -> list[Occlusion]:
+        """The fixed region for each face; ``score`` is its ``coverage``."""
+        return [Occlusion(mask_256=self.mask_256, score=self.coverage) for _ in faces]
+
+    def reset(self) -> None:
+        """Nothing to forget: the region is the same for every face."""

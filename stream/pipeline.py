@@ -7,6 +7,7 @@ FIFO worker, so output order equals input order and no frame is ever dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -33,6 +34,13 @@ from stream.media import (
     probe,
 )
 from stream.occlusion import OcclusionModel
+from stream.provenance import (
+    SidecarHeader,
+    SidecarWriter,
+    frame_provenance,
+    marked,
+    sidecar_path,
+)
 from stream.restore import (
     FaceAnalyser,
     FaceDecision,
@@ -63,6 +71,10 @@ class ProcessOptions:
     speaker_audio: Path | None = None
     """The audio the speaker sink hears, on the input's timeline (None: the input's own
     audio): another person's speech, to see what the voice changes."""
+    sidecar: bool = True
+    """Write the provenance sidecar (``stream.provenance.sidecar_path`` of the output)."""
+    mark_restored: bool = False
+    """Burn an outline around every restored region into the video."""
 
 
 @dataclass(frozen=True)
@@ -292,6 +304,15 @@ class _Runner:
             thread.join()
 
 
+def _sidecar(
+    output_path: Path, width: int, height: int, wanted: bool
+) -> contextlib.AbstractContextManager[SidecarWriter | None]:
+    """The provenance sidecar's writer beside ``output_path`` (None when not ``wanted``)."""
+    if not wanted:
+        return contextlib.nullcontext()
+    return SidecarWriter(sidecar_path(output_path), SidecarHeader(width, height, output_path.name))
+
+
 def _stats(seconds: list[float]) -> StageStats:
     if not seconds:
         return StageStats(count=0, p50_ms=0.0, p95_ms=0.0, total_ms=0.0)
@@ -316,7 +337,9 @@ def process_file(
     """Restore the covered region of every tracked face in ``input_path``.
 
     Writes ``output_path`` atomically (a temporary file beside it, renamed on success); the
-    original audio packets are copied unchanged. Raises ``AvstreamError`` subclasses on bad
+    original audio packets are copied unchanged. With ``options.sidecar`` the provenance
+    sidecar (which pixels of which frame were made up, ``stream.provenance``) is written
+    beside it the same way, and renamed only with it. Raises ``AvstreamError`` subclasses on bad
     input or output; ``progress`` is called after every frame with the number written so far
     and the number expected (None where the container does not say).
 
@@ -356,6 +379,7 @@ def process_file(
         VideoReader(input_path, threads=options.decode_threads) as reader,
         AtomicOutput(output_path) as atomic,
         VideoWriter(atomic.temp_path, info, options.encode, copy_audio_from=input_path) as writer,
+        _sidecar(output_path, info.width, info.height, options.sidecar) as sidecar,
     ):
         try:
             decoded = runner.source("decode", reader)
@@ -364,6 +388,11 @@ def process_file(
             for item in runner.drain(restored):
                 assert isinstance(item, RestoredFrame)
                 start = time.perf_counter()
+                shape = (item.frame.image.shape[0], item.frame.image.shape[1])
+                if sidecar is not None:
+                    sidecar.write(frame_provenance(item, shape))
+                if options.mark_restored:
+                    item = marked(item, shape)
                 writer.write(item.frame)
                 encode_times.append(time.perf_counter() - start)
                 track_ids.append(item.track_ids)
@@ -390,6 +419,8 @@ def process_file(
         start = time.perf_counter()
         writer.finish()
         encode_times.append(time.perf_counter() - start)
+        if sidecar is not None:
+            sidecar.commit()
         atomic.commit()
     return ProcessReport(
         output=output_path,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,7 +42,8 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.media import AtomicOutput
-from stream.types import Image
+from stream.restore import RestoredFrame
+from stream.types import Image, VideoFrame
 
 FORMAT_VERSION = 1
 """The ``avstream_provenance`` value of the sidecar header; bumped on incompatible change."""
@@ -478,6 +480,11 @@ class SidecarWriter:
         self._file.write(_dumps(frame.to_json()) + "\n")
         self.frames_written += 1
 
+    def commit(self) -> None:
+        """Close and move the sidecar into place now (before the video it describes, so
+        the video never appears without it); leaving the block afterwards does nothing."""
+        self._close(commit=True)
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -661,3 +668,85 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- from restored frames ----------------------------------------------------------------
+
+
+def frame_provenance(restored: RestoredFrame, shape: tuple[int, int]) -> FrameProvenance:
+    """The record of one restored frame of ``shape`` (height, width): every face the frame
+    holds (``restored.decisions``), restored or passed through, and for each restored face
+    exactly the pixels its composite replaced."""
+    by_track = {face.track_id: face for face in restored.faces}
+    faces = []
+    for decision in restored.decisions:
+        face = by_track.get(decision.track_id)
+        region = face.region if face is not None else None
+        faces.append(
+            FaceProvenance(
+                track_id=decision.track_id,
+                box=(
+                    round(decision.box[0], 2),
+                    round(decision.box[1], 2),
+                    round(decision.box[2], 2),
+                    round(decision.box[3], 2),
+                ),
+                coverage=round(decision.coverage, 4),
+                covered=decision.covered,
+                restored=region is not None,
+                backend=face.result.backend if face is not None else None,
+                fallback=face.result.fallback if face is not None else False,
+                region=encode_region(region.full(shape)) if region is not None else None,
+            )
+        )
+    frame = restored.frame
+    return FrameProvenance(
+        index=frame.index, pts=frame.pts, time_s=frame.time_s, faces=tuple(faces)
+    )
+
+
+def marked(restored: RestoredFrame, shape: tuple[int, int]) -> RestoredFrame:
+    """``restored`` with a visible outline (``draw_outline``) around every restored region
+    (``--mark-restored``); the frame's other fields are kept."""
+    mask = np.zeros(shape, dtype=np.bool_)
+    for face in restored.faces:
+        if face.region is not None:
+            mask |= face.region.full(shape)
+    if not mask.any():
+        return restored
+    frame = restored.frame
+    image = draw_outline(frame.image, mask)
+    outlined = VideoFrame(index=frame.index, pts=frame.pts, time_base=frame.time_base, image=image)
+    return dataclasses.replace(restored, frame=outlined)
+
+
+def recorded_provenance(
+    record: FrameProvenance | None, index: int, pts: int | None, time_s: float
+) -> FrameProvenance:
+    """A live recording's record of its frame ``index``: ``record`` renumbered to the
+    recording's own frame and time, or no faces for a frame sent out as it came (its
+    deadline missed)."""
+    faces = record.faces if record is not None else ()
+    return FrameProvenance(index=index, pts=pts, time_s=time_s, faces=faces)
+
+
+def rescaled(
+    record: FrameProvenance, source: tuple[int, int], target: tuple[int, int]
+) -> FrameProvenance:
+    """``record`` of a frame of shape ``source`` for that frame scaled to ``target``
+    (height, width): regions resized with nearest-neighbour sampling, as the picture was
+    scaled; the boxes scaled too."""
+    if source == target:
+        return record
+    sy, sx = target[0] / source[0], target[1] / source[1]
+    faces = []
+    for face in record.faces:
+        region = face.region
+        if region is not None:
+            mask = decode_region(region, source).astype(np.uint8)
+            resized = cv2.resize(mask, (target[1], target[0]), interpolation=cv2.INTER_NEAREST)
+            region = encode_region(np.asarray(resized, dtype=bool))
+        x, y, w, h = face.box
+        box = (round(x * sx, 2), round(y * sy, 2), round(w * sx, 2), round(h * sy, 2))
+        faces.append(dataclasses.replace(face, box=box, region=region))
+    return dataclasses.replace(record, faces=tuple(faces))

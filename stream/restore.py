@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream.align import align_face
-from stream.composite import composite, feather, inpaint_hole
+from stream.composite import FrameRegion, composite_region, feather, inpaint_hole
 from stream.detect import DetectorOptions, FaceDetector
 from stream.inpaint import Inpainter
 from stream.occlusion import OcclusionModel
@@ -40,12 +40,14 @@ class FrameFaces:
 
 @dataclass(frozen=True, eq=False)
 class RestoredFace:
-    """What was done to one face: its covered region and the inpainting result."""
+    """What was done to one face: its covered region, the inpainting result and the frame
+    pixels the composite replaced (``region``; None when the hole fell outside the frame)."""
 
     track_id: int
     box: tuple[float, float, float, float]
     occlusion: Occlusion
     result: InpaintResult
+    region: FrameRegion | None = None
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,16 @@ class FaceDecision:
     """What the region model decided for one face of one frame, for logs and reports (a
     user asking why a face was or was not restored needs these three numbers).
 
-    ``coverage``: the occlusion model's score: with ``--mask-detect`` the covered fraction
-    of the face region, 1.0 for a fixed region; ``covered``: the region to restore is not
+    ``coverage``: the fraction of the face region (``mask_detect.face_region``) that is
+    covered (detected) or inside the fixed region; ``covered``: the region to restore is not
     empty; ``restored``: the face was composited (an uncovered face is left bit for bit)."""
 
     track_id: int
     coverage: float
     covered: bool
     restored: bool
+    box: tuple[float, float, float, float]
+    """The face's box (x, y, w, h) in frame pixels."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,7 +226,7 @@ def restore_frame(
     if not work.faces:
         return RestoredFrame(frame=work.frame, faces=())
     aligned = [f.aligned for f in work.faces]
-    occlusions = occlusion.predict(aligned)
+    occlusions = occlusion.predict(aligned, work.track_ids)
     # A face with nothing covered is not restored at all: it stays bit for bit as decoded.
     covered = [i for i, occ in enumerate(occlusions) if occ.mask_256.any()]
     fresh = [
@@ -254,9 +258,11 @@ def restore_frame(
             shown = reuse.next_reused(face.track_id)
             result = InpaintResult(face_256=shown, backend=f"{inpainter.name}+reuse", latency_ms=0)
         weight = feather(occ.mask_256, feather_px)
-        image = composite(image, shown, weight, face.aligned.inverse_affine)
+        image, region = composite_region(image, shown, weight, face.aligned.inverse_affine)
         restored.append(
-            RestoredFace(track_id=face.track_id, box=face.box, occlusion=occ, result=result)
+            RestoredFace(
+                track_id=face.track_id, box=face.box, occlusion=occ, result=result, region=region
+            )
         )
     frame = VideoFrame(
         index=work.frame.index, pts=work.frame.pts, time_base=work.frame.time_base, image=image
@@ -268,6 +274,7 @@ def restore_frame(
             coverage=float(occ.score),
             covered=i in covered_set,
             restored=face.track_id in done,
+            box=face.box,
         )
         for i, (face, occ) in enumerate(zip(work.faces, occlusions, strict=True))
     )

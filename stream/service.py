@@ -16,13 +16,14 @@ model to a stream's features before restoring that stream's frames.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import multiprocessing.process
 import os
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -37,7 +38,8 @@ from stream.composite import FEATHER_PX
 from stream.detect import DetectorOptions
 from stream.errors import AvstreamError
 from stream.inpaint import Inpainter, OpenCVInpainter
-from stream.occlusion import FixedRegion
+from stream.mask_detect import MaskDetectOptions, MaskDetector, Predictor, load_predictor
+from stream.occlusion import FixedRegion, OcclusionModel
 from stream.protocol import (
     ErrorCode,
     Limits,
@@ -52,8 +54,15 @@ from stream.protocol import (
     pts_seconds,
     reply,
 )
+from stream.provenance import FaceProvenance, frame_provenance, marked
 from stream.region import box_mask, parse_box
-from stream.restore import FaceAnalyser, ReuseCache, ReuseOptions, restore_frame
+from stream.restore import (
+    FaceAnalyser,
+    RestoredFrame,
+    ReuseCache,
+    ReuseOptions,
+    restore_frame,
+)
 from stream.track import TrackerOptions
 from stream.types import AudioChunk, Mask, VideoFrame
 
@@ -82,7 +91,11 @@ class ServiceStartError(AvstreamError):
 @dataclass
 class _Session:
     analyser: FaceAnalyser
-    region: FixedRegion
+    region: OcclusionModel
+    """The stream's own segmenter (``MaskDetector``: per-track smoothing and hysteresis
+    live here, so a re-opened stream starts fresh) or the fixed box it asked for."""
+    region_name: str
+    mark_restored: bool
     method: InpainterChoice
     inpainter: Inpainter
     feather_px: float
@@ -107,6 +120,12 @@ class ServiceStats:
     errors: dict[str, int] = field(default_factory=dict)
     expired_streams: int = 0
     speaker_windows: int = 0
+    faces: int = 0
+    """Faces tracked in all frames."""
+    faces_covered: int = 0
+    """Faces found covered (or inside a fixed region) and restored."""
+    faces_passed: int = 0
+    """Faces not covered: passed through with their pixels untouched."""
 
 
 class FrameService:
@@ -123,7 +142,11 @@ class FrameService:
         *,
         model: ModelInpainter | None = None,
         default_inpainter: InpainterChoice | None = None,
+        segmenter: Predictor | None = None,
     ) -> None:
+        """``segmenter`` replaces the shipped occlusion segmenter (tests); it is shared by
+        every stream (each keeps its own smoothing state) and loaded on the first stream
+        that detects."""
         if default_inpainter is None:
             default_inpainter = "model" if model is not None else "telea"
         if default_inpainter not in INPAINTER_CHOICES:
@@ -135,6 +158,7 @@ class FrameService:
         self._model = model
         self.default_inpainter: InpainterChoice = default_inpainter
         self._sessions: dict[tuple[bytes, str], _Session] = {}
+        self._segmenter = segmenter
         self.stats = ServiceStats()
 
     @property
@@ -251,6 +275,7 @@ class FrameService:
             limits=_limits_json(self.limits),
             inpainter=session.method,
             reuse=session.reuse is not None,
+            region=session.region_name,
         )
 
     def _session_from_options(self, options: dict[str, Any]) -> _Session:
@@ -282,7 +307,9 @@ class FrameService:
             analyser=FaceAnalyser(
                 DetectorOptions(), TrackerOptions(detect_every=settings.detect_every)
             ),
-            region=FixedRegion(settings.region),
+            region=self._region_model(settings),
+            region_name="detect" if settings.region is None else "box",
+            mark_restored=settings.mark_restored,
             method=method,
             inpainter=inpainter,
             feather_px=settings.feather_px,
@@ -290,6 +317,19 @@ class FrameService:
             last_seen_s=self._clock(),
             reuse=ReuseCache(ReuseOptions()) if settings.reuse else None,
         )
+
+    def _region_model(self, settings: _Settings) -> OcclusionModel:
+        if settings.region is not None:
+            return FixedRegion(settings.region)
+        options = MaskDetectOptions(covered_fraction=settings.mask_threshold)
+        if self._segmenter is None:
+            try:
+                self._segmenter = load_predictor(options)
+            except AvstreamError as exc:
+                raise ProtocolError(
+                    ErrorCode.BAD_OPTION, f"bad option: region detect is unavailable: {exc}"
+                ) from None
+        return MaskDetector(options, self._segmenter)
 
     def _frame(self, session: _Session, header: dict[str, Any], payload: bytes) -> Message:
         started = time.perf_counter()
@@ -313,28 +353,26 @@ class FrameService:
             faces, session.inpainter, session.region, session.feather_px, session.reuse
         )
         inpainted = time.perf_counter()
+        shape = (restored.frame.image.shape[0], restored.frame.image.shape[1])
+        record = frame_provenance(restored, shape)
+        if session.mark_restored:
+            restored = marked(restored, shape)
+        image = restored.frame.image
         encoding = header.get("encoding", "raw")
-        body = encode_image(restored.frame.image, encoding, session.jpeg_quality)
+        body = encode_image(image, encoding, session.jpeg_quality)
         session.frames += 1
         self.stats.frames += 1
+        self.stats.faces += len(restored.decisions)
+        self.stats.faces_covered += len(restored.faces)
+        self.stats.faces_passed += len(restored.decisions) - len(restored.faces)
         done = time.perf_counter()
-        height, width = restored.frame.image.shape[:2]
         return [
             reply(
                 "restored",
                 header,
                 encoding=encoding,
-                shape=[height, width, 3],
-                faces=[
-                    {
-                        "track_id": f.track_id,
-                        "box": [round(v, 2) for v in f.box],
-                        "coverage": round(float(f.occlusion.mask_256.mean()), 4),
-                        "backend": f.result.backend,
-                        "inpaint_ms": round(f.result.latency_ms, 3),
-                    }
-                    for f in restored.faces
-                ],
+                shape=[shape[0], shape[1], 3],
+                faces=[_face_json(face, restored) for face in record.faces],
                 speaker_windows=session.speaker_windows,
                 timings_ms={
                     "decode": round((decoded - started) * 1000, 3),
@@ -357,6 +395,9 @@ class FrameService:
             errors=dict(self.stats.errors),
             expired_streams=self.stats.expired_streams,
             speaker_windows=self.stats.speaker_windows,
+            faces=self.stats.faces,
+            faces_covered=self.stats.faces_covered,
+            faces_passed=self.stats.faces_passed,
             inpainter=self.default_inpainter,
             model=self._model.name if self._model is not None else None,
             pid=os.getpid(),
@@ -372,13 +413,26 @@ _PER_FRAME = Fraction(1, 25)
 _AUDIO_RATE_HZ = 16_000
 
 _OPTIONS = frozenset(
-    {"mask_box", "inpainter", "detect_every", "feather_px", "jpeg_quality", "reuse"}
+    {
+        "region",
+        "mask_box",
+        "mask_threshold",
+        "mark_restored",
+        "inpainter",
+        "detect_every",
+        "feather_px",
+        "jpeg_quality",
+        "reuse",
+    }
 )
 
 
 @dataclass(frozen=True)
 class _Settings:
-    region: Mask
+    region: Mask | None
+    """A fixed crop-space region; None: detect what covers each face."""
+    mask_threshold: float
+    mark_restored: bool
     detect_every: int
     feather_px: float
     jpeg_quality: int
@@ -388,8 +442,19 @@ class _Settings:
 def _parse_options(options: dict[str, Any]) -> _Settings:
     """The stream options other than ``inpainter``, checked."""
     try:
-        box = options.get("mask_box")
-        region = box_mask(parse_box(",".join(str(v) for v in box)) if box is not None else None)
+        region = _parse_region(options)
+        threshold = options.get("mask_threshold", MaskDetectOptions.covered_fraction)
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not 0 < threshold <= 1
+        ):
+            raise ValueError("mask_threshold must be a number in (0, 1]")
+        if region is not None and "mask_threshold" in options:
+            raise ValueError("mask_threshold applies to region detect, not to a box")
+        mark = options.get("mark_restored", False)
+        if not isinstance(mark, bool):
+            raise ValueError("mark_restored must be true or false")
         detect_every = int_field({"d": options.get("detect_every", 5)}, "d", 1, 1000)
         feather = options.get("feather_px", FEATHER_PX)
         if (
@@ -406,7 +471,42 @@ def _parse_options(options: dict[str, Any]) -> _Settings:
         raise ProtocolError(ErrorCode.BAD_OPTION, f"bad option: {exc}") from None
     except Exception as exc:  # e.g. UsageError from parse_box
         raise ProtocolError(ErrorCode.BAD_OPTION, f"bad option: {exc}") from None
-    return _Settings(region, detect_every, float(feather), quality, reuse)
+    return _Settings(region, float(threshold), mark, detect_every, float(feather), quality, reuse)
+
+
+def _parse_region(options: dict[str, Any]) -> Mask | None:
+    """``region``: "detect" (the default) or {"box": [x, y, w, h]}; v1's ``mask_box``
+    (a box, or null for the paper's box) still asks for a fixed region."""
+    if "region" in options and "mask_box" in options:
+        raise ValueError("give region or mask_box, not both")
+    if "mask_box" in options:
+        box = options["mask_box"]
+        return box_mask(_box(box) if box is not None else None)
+    region = options.get("region", "detect")
+    if region == "detect":
+        return None
+    if region == "paper":
+        return box_mask(None)
+    if isinstance(region, dict) and set(region) == {"box"}:
+        return box_mask(_box(region["box"]))
+    raise ValueError('region must be "detect", "paper" or {"box": [x, y, w, h]}')
+
+
+def _box(value: object) -> tuple[int, int, int, int]:
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError("a box must be a list of four integers [x, y, w, h]")
+    return parse_box(",".join(str(v) for v in value))
+
+
+def _face_json(face: FaceProvenance, restored: RestoredFrame) -> dict[str, Any]:
+    """A reply's per-face object: the provenance record (as in the sidecar) and the fill's
+    latency."""
+    latency = next(
+        (f.result.latency_ms for f in restored.faces if f.track_id == face.track_id), 0.0
+    )
+    return {**face.to_json(), "inpaint_ms": round(latency, 3)}
 
 
 def _limits_json(limits: Limits) -> dict[str, float]:
@@ -512,7 +612,12 @@ def serve(
         if workers <= 0:
             model = open_model() if open_model is not None else None
             try:
-                service = FrameService(limits, model=model, default_inpainter=inpainter)
+                service = FrameService(
+                    limits,
+                    model=model,
+                    default_inpainter=inpainter,
+                    segmenter=_preload_segmenter(),
+                )
                 _serve_inprocess(frontend, service, should_stop, on_ready, endpoint)
             finally:
                 if model is not None:
@@ -559,6 +664,17 @@ class _WorkerSetup:
     open_model: ModelOpener | None
 
 
+def _preload_segmenter() -> Predictor | None:
+    """The occlusion segmenter, loaded before the first stream asks for it (``region:
+    detect`` is the default, and an ``open`` should not stall on a load); None when it
+    cannot be loaded: detect streams then get the load error as a ``bad_option``."""
+    try:
+        return load_predictor(MaskDetectOptions())
+    except AvstreamError as exc:
+        log.warning("occlusion segmenter unavailable: %s", exc)
+        return None
+
+
 def _worker_main(backend: str, identity: bytes, setup: _WorkerSetup) -> None:
     """A worker process: one ``FrameService`` (and one model, opened here once and shared by
     all its streams) behind a DEALER connected to the broker."""
@@ -580,10 +696,12 @@ def _worker_main(backend: str, identity: bytes, setup: _WorkerSetup) -> None:
                 # LINGER 0 would drop the report when the context is destroyed below.
                 socket.close(linger=5000)
                 return
+        segmenter = _preload_segmenter()
         socket.send_multipart([b"READY"])
-        _worker_loop(
-            socket, FrameService(setup.limits, model=model, default_inpainter=setup.inpainter)
+        service = FrameService(
+            setup.limits, model=model, default_inpainter=setup.inpainter, segmenter=segmenter
         )
+        _worker_loop(socket, service)
     except KeyboardInterrupt:
         return
     finally:
@@ -635,6 +753,8 @@ class _Broker:
         self._next = 0
         self.restarts = 0
         self.worker_lost_replies = 0
+        self.faces = Counter[str]()
+        """Faces in the workers' ``restored`` replies: all, covered (restored), passed."""
         for _ in range(workers):
             self._spawn()
 
@@ -693,7 +813,20 @@ class _Broker:
             return
         if worker.in_flight:
             worker.in_flight.popleft()
+        self._count_faces(rest)
         self._frontend.send_multipart(rest)
+
+    def _count_faces(self, rest: list[bytes]) -> None:
+        """Tally the faces of a ``restored`` reply ([client, header, payload]) for ``stats``
+        (the workers' own counters live in other processes)."""
+        if len(rest) != 3 or b'"restored"' not in rest[1][:64]:
+            return
+        try:
+            faces = json.loads(rest[1]).get("faces", [])
+        except ValueError:
+            return
+        restored = sum(1 for face in faces if face.get("restored"))
+        self.faces.update(all=len(faces), covered=restored, passed=len(faces) - restored)
 
     def _from_client(self, client: bytes, message: list[bytes]) -> None:
         kind, stream = peek_routing(message[0]) if message else (None, None)
@@ -753,6 +886,9 @@ class _Broker:
             in_flight=sum(len(w.in_flight) for w in self._workers.values()),
             worker_restarts=self.restarts,
             worker_lost_replies=self.worker_lost_replies,
+            faces=self.faces["all"],
+            faces_covered=self.faces["covered"],
+            faces_passed=self.faces["passed"],
             inpainter=self._setup.inpainter,
         )
 

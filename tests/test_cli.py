@@ -16,6 +16,7 @@ import pytest
 from helpers import audio_packets, video_frames, video_times
 
 from stream.cli import main
+from stream.provenance import read_sidecar
 from stream.testclip import ClipTruth
 
 FAST = ["--crf", "12", "--preset", "veryfast", "--threads", "1", "--no-progress"]
@@ -46,7 +47,13 @@ def test_process_writes_restored_video(
     assert _digest(clip.path) == before
     assert video_times(out) == pytest.approx(video_times(clip.path), abs=1e-6)
     assert [p for _, p in audio_packets(out)] == [p for _, p in audio_packets(clip.path)]
-    _no_leftovers(tmp_path, {"out.mkv"})
+    # The provenance sidecar: one record per frame, in output order, with the same times.
+    _no_leftovers(tmp_path, {"out.mkv", "out.restored.jsonl"})
+    header, frames = read_sidecar(tmp_path / "out.restored.jsonl")
+    records = list(frames)
+    assert (header.video, header.width, header.height) == ("out.mkv", 640, 480)
+    assert [r.index for r in records] == list(range(50))
+    assert [r.time_s for r in records] == pytest.approx(video_times(clip.path), abs=1e-6)
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
@@ -126,9 +133,10 @@ def test_missing_output_directory(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--mask-threshold", "0.1"], "--mask-threshold needs --mask-detect"),
+        (["--mask-box", "--mask-threshold", "0.1"], "--mask-threshold applies to detection"),
         (["--mask-detect", "--mask-threshold", "0"], "--mask-threshold must be within"),
-        (["--mask-dilate-px", "2"], "--mask-dilate-px needs --mask-detect"),
+        (["--mask-threshold", "1.5"], "--mask-threshold must be within"),
+        (["--mask-image", "x.png", "--mask-dilate-px", "2"], "--mask-dilate-px applies"),
         (["--mask-detect", "--mask-dilate-px", "-1"], "--mask-dilate-px must be within"),
         (["--mask-box", "1,2,3"], "four integers"),
         (["--mask-box", "0,0,300,10"], "does not fit"),

@@ -212,12 +212,12 @@ def test_cli_falls_back_to_telea_and_detects_the_mask(
         changed += bool(under > 4.0)
     assert changed >= 3, (changed, len(sampled))
 
-    # --mask-detect excludes a fixed region; --mask-threshold needs --mask-detect.
+    # --mask-detect excludes a fixed region; --mask-threshold applies to detection only.
     with pytest.raises(SystemExit) as exit_info:
         main([*args[:4], "--mask-detect", "--mask-box", "64,89,128,128"])
     assert exit_info.value.code == 2
-    assert main([*args[:4], "--mask-threshold", "0.1"]) == 2
-    assert "--mask-threshold needs --mask-detect" in capsys.readouterr().err
+    assert main([*args[:4], "--mask-box", "--mask-threshold", "0.1"]) == 2
+    assert "--mask-threshold applies to detection" in capsys.readouterr().err
 
 
 @pytest.mark.live

@@ -167,6 +167,63 @@ def test_tracks_are_matched_by_position_and_forgotten() -> None:
         detector.analyse([left, right], [3, 3])
 
 
+def _crop_of(level: int) -> AlignedFace:
+    face = _aligned()
+    crop = np.full((CROP_SIZE, CROP_SIZE, 3), level, np.uint8)
+    return AlignedFace(crop=crop, affine=face.affine, inverse_affine=face.inverse_affine)
+
+
+def test_cadence_segments_a_settled_track_only_every_refresh_every_calls() -> None:
+    calls: list[int] = []
+
+    def predict(crops: npt.NDArray[np.uint8]) -> Probabilities:
+        calls.append(len(crops))
+        return np.stack([_box(130, 230) for _ in crops])
+
+    detector = MaskDetector(MaskDetectOptions(refresh_every=3), predict)
+    masks = [detector.analyse([_crop_of(100)], [7])[0].mask_256 for _ in range(7)]
+    # Segmented on calls 1, 4 and 7; the calls between reuse the track's mask as it was.
+    assert calls == [1, 1, 1]
+    assert (detector.segmented, detector.reused) == (3, 4)
+    assert all(np.array_equal(m, masks[0]) for m in masks)
+    assert masks[0].any()
+
+
+def test_cadence_segments_again_at_once_when_the_crop_changes() -> None:
+    calls: list[int] = []
+
+    def predict(crops: npt.NDArray[np.uint8]) -> Probabilities:
+        calls.append(len(crops))
+        return np.stack([_box(130, 230) for _ in crops])
+
+    detector = MaskDetector(MaskDetectOptions(refresh_every=10, change_levels=3.0), predict)
+    detector.analyse([_crop_of(100)], [1])
+    detector.analyse([_crop_of(102)], [1])  # 2 levels: settled, reused
+    detector.analyse([_crop_of(110)], [1])  # 10 levels since the last segmentation
+    detector.analyse([_crop_of(111), _crop_of(50)], [1, 2])  # settled again; a new track
+    assert calls == [1, 1, 1]
+    assert detector.segmented == 3 and detector.reused == 2
+
+
+def test_cadence_keeps_looking_while_a_track_is_near_the_threshold() -> None:
+    near = np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
+    region = face_region()
+    ys, xs = np.nonzero(region)
+    # 5% of the face region covered, against the 4% threshold: the decision may flip.
+    count = int(0.05 * len(ys))
+    near[ys[:count], xs[:count]] = 0.9
+    calls: list[int] = []
+
+    def predict(crops: npt.NDArray[np.uint8]) -> Probabilities:
+        calls.append(len(crops))
+        return np.stack([near for _ in crops])
+
+    detector = MaskDetector(MaskDetectOptions(refresh_every=5), predict)
+    for _ in range(4):
+        detector.analyse([_crop_of(100)], [1])
+    assert calls == [1, 1, 1, 1]
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(ValueError):
         MaskDetectOptions(covered_fraction=0.0)
@@ -176,6 +233,10 @@ def test_options_are_checked() -> None:
         MaskDetectOptions(dilate_px=-1)
     with pytest.raises(ValueError):
         MaskDetectOptions(context_px=-1)
+    with pytest.raises(ValueError):
+        MaskDetectOptions(refresh_every=0)
+    with pytest.raises(ValueError):
+        MaskDetectOptions(change_levels=-1.0)
 
 
 # --- the shipped segmenter -------------------------------------------------------------------

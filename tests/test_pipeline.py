@@ -89,8 +89,11 @@ def test_what_the_region_model_decided_is_reported_per_track(processed: ProcessR
     (track,) = processed.coverage
     assert track.track_id == 1
     assert track.frames == track.covered_frames == track.restored_frames == processed.frames_out
-    # A fixed region scores 1.0 (--mask-detect: the covered fraction of the face).
-    assert track.mean_coverage == track.max_coverage == 1.0
+    # A fixed region scores the fraction of the face region it covers, like --mask-detect.
+    region = FixedRegion(box_mask(OCCLUDER_BOX))
+    assert 0.1 < region.coverage < 0.9
+    assert track.mean_coverage == pytest.approx(region.coverage)
+    assert track.max_coverage == pytest.approx(region.coverage)
     assert track.line().startswith(f"track 1: {processed.frames_out} frames, covered in ")
 
 

@@ -88,9 +88,14 @@ class _TwoFaces:
     def __init__(self, mask: np.ndarray) -> None:
         self.mask = mask
 
-    def predict(self, faces: list[AlignedFace]) -> list[Occlusion]:
+    def predict(
+        self, faces: list[AlignedFace], track_ids: Sequence[int] | None = None
+    ) -> list[Occlusion]:
         empty = np.zeros_like(self.mask)
         return [Occlusion(self.mask, 0.31, context_px=2), Occlusion(empty, 0.01)]
+
+    def reset(self) -> None:
+        pass
 
 
 class _Recording(OpenCVInpainter):
@@ -105,12 +110,15 @@ class _Recording(OpenCVInpainter):
         return super().inpaint(crops, masks)
 
 
+_BOX = (0.0, 0.0, 10.0, 10.0)
+
+
 def _face(image: np.ndarray, affine: np.ndarray, track_id: int) -> TrackedFace:
     crop = np.asarray(
         cv2.warpAffine(image, affine, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR), np.uint8
     )
     aligned = AlignedFace(crop=crop, affine=affine, inverse_affine=invert_affine(affine))
-    return TrackedFace(track_id=track_id, box=(0.0, 0.0, 10.0, 10.0), aligned=aligned)
+    return TrackedFace(track_id=track_id, box=_BOX, aligned=aligned)
 
 
 @pytest.mark.parametrize("feather_px", [FEATHER_PX, 5.0])
@@ -138,6 +146,10 @@ def test_restore_frame_changes_only_the_covered_region_and_reports_every_face(
     assert np.any(out[hole] != image[hole])
     assert restored.track_ids == (3,)
     assert restored.decisions == (
-        FaceDecision(track_id=3, coverage=0.31, covered=True, restored=True),
-        FaceDecision(track_id=4, coverage=0.01, covered=False, restored=False),
+        FaceDecision(track_id=3, coverage=0.31, covered=True, restored=True, box=_BOX),
+        FaceDecision(track_id=4, coverage=0.01, covered=False, restored=False, box=_BOX),
     )
+    # The restored face says exactly which frame pixels its composite replaced.
+    (face,) = restored.faces
+    assert face.region is not None
+    np.testing.assert_array_equal(face.region.full(image.shape[:2]), hole)

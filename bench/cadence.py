@@ -147,7 +147,10 @@ def _copy_frames(source: Path, output: Path, frames: int) -> None:
     from stream.media import VideoWriter, probe
 
     info = probe(source)
-    with VideoReader(source, threads=1) as reader, VideoWriter(output, info, ENCODE, copy_audio_from=None) as writer:
+    with (
+        VideoReader(source, threads=1) as reader,
+        VideoWriter(output, info, ENCODE, copy_audio_from=None) as writer,
+    ):
         for index, frame in enumerate(reader):
             if index >= frames:
                 break

@@ -137,7 +137,7 @@ def test_process_without_region_flags_leaves_an_unmasked_clip_as_a_transcode(
     assert len(ours) == len(reference) == clean.frame_count
     for a, b in zip(ours, reference, strict=True):
         np.testing.assert_array_equal(a, b)  # only the re-encoding, bit for bit
-    header, records = read_sidecar(tmp_path / "out.restored.jsonl")
+    _, records = read_sidecar(tmp_path / "out.restored.jsonl")
     faces = [face for record in records for face in record.faces]
     assert len(faces) >= 0.9 * clean.frame_count
     assert not any(face.restored or face.covered or face.region for face in faces)

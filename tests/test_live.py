@@ -21,8 +21,10 @@ import pytest
 from stream.errors import InputError, OutputError, UsageError
 from stream.inpaint import OpenCVInpainter
 from stream.live import EmittedFrame, LiveOptions, LiveOutputs, LiveSession, SourceOptions, run_live
+from stream.mask_detect import MaskDetector
 from stream.media import EncodeOptions
 from stream.occlusion import FixedRegion
+from stream.provenance import read_sidecar, restored_mask, sidecar_path
 from stream.region import box_mask
 from stream.rtsp import (
     FeedFormat,
@@ -33,7 +35,7 @@ from stream.rtsp import (
     load_gst,
     parse_rtsp_url,
 )
-from stream.testclip import ClipSpec, ClipTruth, make_talking_head_clip
+from stream.testclip import ClipSpec, ClipTruth, MultiClipTruth, make_talking_head_clip
 from stream.types import Image, InpaintResult, Mask
 
 pytestmark = pytest.mark.live
@@ -460,3 +462,60 @@ def test_serving_on_a_busy_port_is_a_clear_error() -> None:
         port = busy.getsockname()[1]
         with pytest.raises(OutputError, match="cannot serve RTSP"):
             RtspServer(port=port).start()
+
+
+def test_recording_of_several_faces_restores_only_the_masked_one_and_says_so(
+    multi_clip: MultiClipTruth, tmp_path: Path
+) -> None:
+    """Issue 15 in live mode: a file played at its native rate, two people, one masked,
+    detection (the CLI's default region). Only the masked person is restored, the recording
+    has its sidecar, and the sidecar's regions are inside the frames and on that person."""
+    record = tmp_path / "people.mp4"
+    options = LiveOptions(max_latency_ms=2000.0, record_encode=SHARP_RECORDING)
+    report = run_live(
+        str(multi_clip.path), OpenCVInpainter(), MaskDetector(), LiveOutputs(record=record), options
+    )
+    header, frames = read_sidecar(sidecar_path(record))
+    records = list(frames)
+    with av.open(str(record)) as container:
+        recorded = sum(1 for _ in container.decode(video=0))
+    assert [r.index for r in records] == list(range(recorded))
+    assert recorded == report.frames_out
+    assert (header.width, header.height) == (640, 360)
+    restored_tracks: set[int] = set()
+    seen_tracks: set[int] = set()
+    restored_frames = 0
+    for r in records:
+        seen_tracks |= {f.track_id for f in r.faces}
+        done = [f for f in r.faces if f.restored]
+        restored_tracks |= {f.track_id for f in done}
+        restored_frames += bool(done)
+        mask = restored_mask(r, header.shape)
+        if done:
+            # On the masked (near) person, never on the other one's face.
+            x, y, w, h = (int(v) for v in done[0].box)
+            assert mask[max(0, y) : y + h, max(0, x) : x + w].sum() >= 0.8 * mask.sum()
+    assert len(seen_tracks) == 2 and len(restored_tracks) == 1
+    assert restored_frames >= 0.5 * recorded, (restored_frames, recorded)
+
+
+def test_live_cli_without_region_flags_leaves_an_unmasked_clip_alone(tmp_path: Path) -> None:
+    from stream.cli import main
+
+    clean = make_talking_head_clip(
+        tmp_path / "clean.mp4", ClipSpec(width=320, height=240, duration_s=1.5, occluder=False)
+    )
+    record = tmp_path / "out.mp4"
+    args = ["live", str(clean.path), "--record", str(record), "--inpainter", "telea"]
+    assert main([*args, "--max-latency-ms", "2000", "--crf", "12"]) == 0
+    _, frames = read_sidecar(sidecar_path(record))
+    faces = [f for r in frames for f in r.faces]
+    assert faces and not any(f.restored or f.covered for f in faces)
+    with av.open(str(record)) as container:
+        out = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    with av.open(str(clean.path)) as container:
+        source = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    # Only the re-encoding: every recorded frame is close to its source frame.
+    for image in out:
+        error = min(float(np.abs(image.astype(np.int16) - s).mean()) for s in source)
+        assert error < 2.0, error

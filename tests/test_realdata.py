@@ -57,3 +57,72 @@ def test_real_clip_keeps_frames_timestamps_audio_and_background(
             assert np.abs(a - b)[~near].mean() < 1.5
         changed_inside.append(np.abs(a - b)[near].mean())
     assert np.mean(changed_inside) > 2.0  # the covered region was restored
+
+
+# --- issue 15: only what covers a face, on real video ------------------------------------
+
+
+REAL_CLEAN = "talking_heads/eval_only/lrs3/lrs3_OzA6jRYjVQs_00004.mp4"
+"""A real talking head of a person no model of ours trained on (LRS3, 224 px face)."""
+
+
+def _first_frames(source: Path, output: Path, count: int, crf: int = 12) -> None:
+    from stream.media import VideoReader, VideoWriter, probe
+
+    info = probe(source)
+    encode = EncodeOptions(crf=crf, preset="veryfast", threads=1)
+    with (
+        VideoReader(source, threads=1) as reader,
+        VideoWriter(output, info, encode, copy_audio_from=None) as writer,
+    ):
+        for index, frame in enumerate(reader):
+            if index >= count:
+                break
+            writer.write(frame)
+        writer.finish()
+
+
+def test_raw_client_gets_a_real_unmasked_clip_back_byte_identical_and_a_masked_one_restored(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    from test_region_default import _iou, _raw_round_trips, _Service
+
+    from bench.restore_video import make_masked_clip
+
+    clean = tmp_path / "clean.mp4"
+    _first_frames(shared_data / REAL_CLEAN, clean, 40)
+    masked = make_masked_clip(clean, tmp_path / "masked.mp4", seed=2)
+    service = _Service()
+    try:
+        frames, _ = video_frames(clean)
+        *replies, (stats, _) = list(_raw_round_trips(service.endpoint, frames))
+        for (_, out), image in zip(replies, frames, strict=True):
+            assert out.tobytes() == image.tobytes()
+        assert stats["faces_passed"] == stats["faces"] >= len(frames)
+        painted, _ = video_frames(masked.path)
+        replies = list(_raw_round_trips(service.endpoint, painted))[:-1]
+    finally:
+        service.stop()
+    changed = [
+        np.any(out != image, axis=-1) for (_, out), image in zip(replies, painted, strict=True)
+    ]
+    ious = [_iou(c, masked.truth[i]) for i, c in enumerate(changed)]
+    assert float(np.mean(ious)) >= 0.85, ious
+
+
+def test_process_without_region_flags_on_a_real_unmasked_clip_only_re_encodes(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    from stream.cli import main
+
+    clean, out, plain = tmp_path / "clean.mp4", tmp_path / "out.mp4", tmp_path / "plain.mp4"
+    _first_frames(shared_data / REAL_CLEAN, clean, 40)
+    # Lossless, so the comparison is exact (see test_region_default.LOSSLESS).
+    lossless = ["--crf", "0", "--preset", "veryfast", "--threads", "1", "--no-progress"]
+    assert main(["process", str(clean), "-o", str(out), *lossless]) == 0
+    _first_frames(clean, plain, 40, crf=0)
+    ours, _ = video_frames(out)
+    reference, _ = video_frames(plain)
+    assert len(ours) == len(reference) >= 25
+    for a, b in zip(ours, reference, strict=True):
+        np.testing.assert_array_equal(a, b)

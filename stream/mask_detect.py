@@ -97,7 +97,7 @@ class MaskDetectOptions:
     dilate_px: int = 0
     context_px: int = 2
     forget_after_frames: int = 25
-    refresh_every: int = 1
+    refresh_every: int = 3
     change_levels: float = 3.0
     backend: Backend = "onnxruntime"
     weights: Path | None = None

@@ -114,7 +114,11 @@ def test_covered_face_mask_is_dilated_on_request() -> None:
 
 def test_decision_has_hysteresis() -> None:
     region = face_region()
-    options = MaskDetectOptions(smoothing=1.0, covered_fraction=0.1, release_ratio=0.5)
+    # Every call segmented (refresh_every=1): these scripted crops never change, and the
+    # per-track logic is what is tested here, not the cadence.
+    options = MaskDetectOptions(
+        smoothing=1.0, covered_fraction=0.1, release_ratio=0.5, refresh_every=1
+    )
 
     def fraction_map(fraction: float) -> Probabilities:
         # Fill region pixels row by row up to the wanted fraction.
@@ -134,7 +138,7 @@ def test_decision_has_hysteresis() -> None:
 def test_smoothing_happens_in_the_face_frame() -> None:
     # The head moved 10 px in the frame and the crop followed it: a mask worn on the face
     # sits in the same crop place, and the running average must keep it exactly there.
-    options = MaskDetectOptions(smoothing=0.5)
+    options = MaskDetectOptions(smoothing=0.5, refresh_every=1)
     detector = MaskDetector(options, _scripted([_box(130, 230), _box(130, 230)]))
     detector.analyse([_aligned(0.0)], [1])
     (second,) = detector.analyse([_aligned(10.0)], [1])
@@ -142,10 +146,10 @@ def test_smoothing_happens_in_the_face_frame() -> None:
 
 
 def test_smoothing_damps_a_one_frame_glitch() -> None:
-    options = MaskDetectOptions(smoothing=0.5)
+    options = MaskDetectOptions(smoothing=0.5, refresh_every=1)
     maps = [_box(130, 230), _box(130, 230), _box(110, 230), _box(130, 230)]
     smoothed = MaskDetector(options, _scripted(maps))
-    raw = MaskDetector(MaskDetectOptions(smoothing=1.0), _scripted(list(maps)))
+    raw = MaskDetector(MaskDetectOptions(smoothing=1.0, refresh_every=1), _scripted(list(maps)))
 
     def changes(detector: MaskDetector) -> float:
         masks = [detector.analyse([_aligned()], [1])[0].mask_256 for _ in maps]
@@ -155,7 +159,7 @@ def test_smoothing_damps_a_one_frame_glitch() -> None:
 
 
 def test_tracks_are_matched_by_position_and_forgotten() -> None:
-    options = MaskDetectOptions(smoothing=0.5, forget_after_frames=2)
+    options = MaskDetectOptions(smoothing=0.5, forget_after_frames=2, refresh_every=1)
     left, right = _aligned(0.0), _aligned(-300.0)  # crop centres 300 px apart in the frame
     maps = [_box(130, 230), np.zeros((CROP_SIZE, CROP_SIZE), np.float32)] * 2
     detector = MaskDetector(options, _scripted(maps))

@@ -204,6 +204,7 @@ def test_inpainter_and_reuse_options(
         "limits": None,
         "inpainter": "telea",
         "reuse": False,
+        "region": "detect",
     }
     # OpenCV streams acknowledge audio and never run the VAD or the speaker graph.
     runs = model.speaker_runs

@@ -346,3 +346,31 @@ def test_brokered_stats_count_covered_and_passed_faces(multi_clip: MultiClipTrut
     total = sum(len(r["faces"]) for r, _ in replies)
     assert total == 8 and restored == 4
     assert (stats["faces"], stats["faces_covered"], stats["faces_passed"]) == (8, 4, 4)
+
+
+def test_process_restores_only_the_masked_one_of_two_people(
+    multi_clip: MultiClipTruth, tmp_path: Path
+) -> None:
+    out = tmp_path / "people.mp4"
+    assert (
+        main(["process", str(multi_clip.path), "-o", str(out), "--inpainter", "telea", *FAST]) == 0
+    )
+    header, frames = read_sidecar(tmp_path / "people.restored.jsonl")
+    records = list(frames)
+    assert len(records) == multi_clip.frame_count
+    restored: Counter[int] = Counter()
+    seen: Counter[int] = Counter()
+    for record in records:
+        for face in record.faces:
+            seen[face.track_id] += 1
+            restored[face.track_id] += face.restored
+    assert len(seen) == 2, seen  # stable ids through the crossing
+    (masked, count), (_, none) = restored.most_common()
+    assert count >= 0.9 * seen[masked] and none == 0
+    # The masked person's restored pixels lie on their own occluder.
+    ious = [
+        _iou(restored_mask(r, header.shape), multi_clip.occluder_masks[r.index, 0])
+        for r in records
+        if multi_clip.occluder_masks[r.index, 0].any()
+    ]
+    assert float(np.mean(ious)) >= OCCLUDER_IOU_BOUND, np.mean(ious)

@@ -261,3 +261,42 @@ def draw_glasses(image: ImageU8, rng: np.random.Generator) -> ImageU8:
 
 def _point(xy: npt.NDArray[np.float64]) -> tuple[int, int]:
     return (round(float(xy[0])), round(float(xy[1])))
+
+
+# Where light pools on a face in the crop template (x, y): the cheekbones, the forehead, the
+# nose's bridge and tip, the chin.
+_SHEEN_SPOTS_256 = ((84.0, 140.0), (172.0, 140.0), (128.0, 50.0), (128.0, 112.0), (128.0, 212.0))
+
+
+def specular_highlight(image: ImageU8, rng: np.random.Generator) -> ImageU8:
+    """A soft sheen of light on the skin (a lamp's reflection on a cheekbone, the forehead,
+    the nose or the chin): a Gaussian ellipse, 10-45 px across, blended towards a warm or
+    cool near-white by 30-90% at its centre. Real side-lit skin in broadcast video looks
+    like this; it is not an occluder."""
+    x0, y0 = _SHEEN_SPOTS_256[int(rng.integers(len(_SHEEN_SPOTS_256)))]
+    scale = CROP_SIZE / 256.0
+    cx = (x0 + rng.normal(0.0, 12.0)) * scale
+    cy = (y0 + rng.normal(0.0, 12.0)) * scale
+    sx = rng.uniform(10.0, 45.0) * scale
+    sy = sx * rng.uniform(0.45, 1.0)
+    angle = rng.uniform(0.0, math.pi)
+    ys, xs = np.mgrid[0:CROP_SIZE, 0:CROP_SIZE].astype(np.float32)
+    u = (xs - cx) * math.cos(angle) + (ys - cy) * math.sin(angle)
+    v = -(xs - cx) * math.sin(angle) + (ys - cy) * math.cos(angle)
+    weight = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2)) * np.float32(rng.uniform(0.3, 0.9))
+    tint = rng.uniform(225.0, 255.0) + rng.normal(0.0, 8.0, 3)  # B, G, R near white
+    out = image.astype(np.float32)
+    out += (tint.astype(np.float32) - out) * weight[..., None]
+    return np.asarray(np.clip(np.rint(out), 0, 255), np.uint8)
+
+
+def side_light(image: ImageU8, rng: np.random.Generator) -> ImageU8:
+    """Strong one-sided light: a gradient of strength 0.3-0.8 from one side (within 35
+    degrees of horizontal), the lit side allowed to clip to white as a key light near a
+    face does, and half the time a sheen (``specular_highlight``) on the lit side."""
+    side = 0.0 if rng.random() < 0.5 else math.pi
+    angle = side + math.radians(rng.uniform(-35.0, 35.0))
+    out = light_gradient(image, angle, rng.uniform(0.3, 0.8))
+    if rng.random() < 0.5:
+        out = specular_highlight(out, rng)
+    return out

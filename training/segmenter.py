@@ -64,6 +64,7 @@ from training.masks import (
     Scribble,
     ShapeGenerator,
 )
+from training.augment import draw_glasses, side_light, specular_highlight
 from training.occluders import OccluderRenderer
 
 log = logging.getLogger("training.segmenter")
@@ -85,6 +86,14 @@ TRAINING_SOURCES = (
     "faces/unmasked/fmd",
 )
 """Folders under the shared data root whose faces train the segmenter (training split)."""
+
+HARD_NEGATIVE_SOURCES = (
+    "faces/lfw",
+    "faces/face_research_lab",
+    "talking_heads/more",
+)
+"""Folders (beyond ``TRAINING_SOURCES``) whose clean faces ``occlusion_v3`` fine-tuned on as
+hard negatives (news photos, studio portraits, TV and HDTF video): training split only."""
 
 MASKED_SOURCE = "faces/masked/fmd"
 """Real masked photos: evaluation only."""
@@ -166,6 +175,13 @@ def _group(folder: str, path: Path) -> str:
         if path.stem.startswith("augmented_image"):
             return "fmd:augmented"  # augmented copies of each other: keep them together
         return f"fmd:{path.stem}"
+    if folder == "faces/face_research_lab":
+        # London set: <person>_neutral / <person>_smiling; the Lisa set is one woman.
+        if path.parent.name == "lisa":
+            return "frl:lisa"
+        return f"frl:{path.parent.name}:{path.stem.split('_')[0]}"
+    if folder == "talking_heads/more" and path.stem.startswith("cremad_"):
+        return "more:cremad_" + path.stem.split("_")[1]  # one CREMA-D actor per id
     return f"{folder}:{path.stem}"
 
 
@@ -424,7 +440,11 @@ class SampleMaker:
     (blur from a low-resolution source, JPEG, noise, colour casts). ``small_face_probability``:
     the crop is made the way the aligner makes it from a small face in compressed video (LRS2's
     160 px frames hold faces of 90-110 px): shrunk to 30-65% (an 80-170 px crop), compressed
-    hard there, and scaled back up (``_small_face``), before the other degradations."""
+    hard there, and scaled back up (``_small_face``), before the other degradations.
+    ``lighting_probability``: real-video lighting on the face before any occluder is painted
+    (``_real_look``: strong one-sided light that may clip, specular sheens on cheekbones,
+    forehead, nose or chin, spectacle frames); what it adds is never covered, so on a clean
+    face the target stays empty (``occlusion_v3``'s hard negatives)."""
 
     renderer: OccluderRenderer
     templates: tuple[MaskTemplate, ...] = ()
@@ -434,11 +454,15 @@ class SampleMaker:
     jitter: bool = True
     degrade: bool = True
     small_face_probability: float = 0.0
+    lighting_probability: float = 0.0
 
     def __call__(self, face: Image, rng: np.random.Generator) -> tuple[Image, Mask]:
         """A (possibly) occluded, augmented crop and its coverage mask."""
         image = face[:, ::-1].copy() if rng.random() < 0.5 else face.copy()
         mask = np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
+        # Drawn only when enabled: v1's and v2's samples stay as they were.
+        if self.lighting_probability > 0.0 and rng.random() < self.lighting_probability:
+            image = _real_look(image, rng)
         if rng.random() >= self.clean_probability:
             image, mask = self._occlude(image, rng)
             if rng.random() < self.second_probability:
@@ -476,6 +500,19 @@ def _jitter(image: Image, mask: Mask, rng: np.random.Generator) -> tuple[Image, 
         mask, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     return np.asarray(moved, np.uint8), (np.asarray(moved_mask) >= 0.5).astype(np.float32)
+
+
+def _real_look(image: Image, rng: np.random.Generator) -> Image:
+    """How real video lights a face that training photos rarely show: 60% strong side light
+    (``training.augment.side_light``), else 1-2 specular sheens; then 35% spectacle frames."""
+    if rng.random() < 0.6:
+        image = side_light(image, rng)
+    else:
+        for _ in range(int(rng.integers(1, 3))):
+            image = specular_highlight(image, rng)
+    if rng.random() < 0.35:
+        image = draw_glasses(image, rng)
+    return image
 
 
 def _small_face(image: Image, rng: np.random.Generator) -> Image:
@@ -552,7 +589,11 @@ class TrainConfig:
     barely sees); ``checkpoint_every_s``: wall seconds between checkpoints;
     ``val_samples``: fixed held-out synthetic samples scored at every checkpoint; ``init``: a
     ``.safetensors`` to start from (fine-tuning; its network config replaces ``net``);
-    ``recipe``: the sample mixture's name (``build_maker``), recorded in the run's config."""
+    ``recipe``: the sample mixture's name (``build_maker``), recorded in the run's config.
+    ``hard_faces``: more ``prepare``-format face folders (hard negatives: news photos,
+    studio portraits, TV video, training-split frames a model wrongly flagged) whose
+    train-split crops are drawn for ``hard_share`` of the samples (0: in proportion to their
+    number); validation stays on ``faces``' own validation split."""
 
     steps: int = 5500
     batch: int = 16
@@ -566,9 +607,11 @@ class TrainConfig:
     net: OcclusionNetConfig = field(default_factory=OcclusionNetConfig)
     init: str | None = None
     recipe: str = "v1"
+    hard_faces: tuple[str, ...] = ()
+    hard_share: float = 0.0
 
 
-Recipe = Literal["v1", "v2"]
+Recipe = Literal["v1", "v2", "v3"]
 
 
 def v2_mixture() -> MaskMixture:
@@ -589,10 +632,21 @@ def build_maker(data_root: Path, recipe: Recipe = "v1") -> SampleMaker:
     """The sample maker with MaskTheFace templates and textures from the shared data.
 
     ``v1``: ``occlusion_v1``'s mixture. ``v2``: ``v2_mixture()`` and, in 45% of samples, a
-    small face in compressed video (``SampleMaker.small_face_probability``)."""
+    small face in compressed video (``SampleMaker.small_face_probability``). ``v3``: v2's,
+    with 30% clean samples (v2: 20%) and real-video lighting and glasses on half of all
+    faces (``SampleMaker.lighting_probability``): ``occlusion_v3``'s fine-tuning against
+    false flags."""
     root = data_root / MASKTHEFACE_ROOT
     textures = load_textures(root)
     templates = load_mask_templates(root)
+    if recipe == "v3":
+        return SampleMaker(
+            renderer=OccluderRenderer(shapes=v2_mixture(), textures=textures),
+            templates=templates,
+            clean_probability=0.3,
+            small_face_probability=0.45,
+            lighting_probability=0.5,
+        )
     if recipe == "v2":
         return SampleMaker(
             renderer=OccluderRenderer(shapes=v2_mixture(), textures=textures),
@@ -649,6 +703,7 @@ def train(faces_dir: Path, run_dir: Path, maker: SampleMaker, config: TrainConfi
     if len(train_indices) == 0:
         raise RuntimeError(f"no training faces in {faces_dir}")
     val_crops, val_masks = _val_set(faces, maker, config.val_samples, config.seed)
+    pool, train_indices = _training_pool(faces, train_indices, config)
     net = OcclusionNet(config.net)
     if config.init is not None:
         net = load_occlusion_net(Path(config.init)).train()
@@ -671,7 +726,7 @@ def train(faces_dir: Path, run_dir: Path, maker: SampleMaker, config: TrainConfi
     net.train()
     while step < config.steps:
         rng = np.random.default_rng([config.seed, step])
-        crops, masks = make_batch(faces.crops, train_indices, maker, rng, config.batch)
+        crops, masks = make_batch(pool, train_indices, maker, rng, config.batch)
         for group in optimiser.param_groups:
             group["lr"] = _lr_at(config, step)
         loss = segmentation_loss(net(crops), masks, config.dice_weight)
@@ -685,6 +740,30 @@ def train(faces_dir: Path, run_dir: Path, maker: SampleMaker, config: TrainConfi
             losses = []
             last_save = time.monotonic()
     return checkpoint
+
+
+def _training_pool(
+    faces: FaceSet, train_indices: npt.NDArray[np.intp], config: TrainConfig
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.intp]]:
+    """The crops to draw training samples from and the indices to draw among: ``faces``
+    alone, or with the train-split crops of ``config.hard_faces`` appended, repeated so that
+    they make up about ``hard_share`` of the draws."""
+    if not config.hard_faces:
+        return faces.crops, train_indices
+    hard = [load_faces(Path(d)) for d in config.hard_faces]
+    hard_crops = [h.crops[h.select("train")] for h in hard]
+    extra = np.concatenate(hard_crops) if hard_crops else faces.crops[:0]
+    if len(extra) == 0:
+        raise RuntimeError(f"no train-split faces in {config.hard_faces}")
+    pool = np.concatenate([np.asarray(faces.crops[train_indices]), extra])
+    base = np.arange(len(train_indices), dtype=np.intp)
+    extra_indices = np.arange(len(train_indices), len(pool), dtype=np.intp)
+    if config.hard_share > 0.0:
+        wanted = config.hard_share / (1.0 - config.hard_share) * len(base)
+        repeats = max(1, round(wanted / len(extra_indices)))
+        extra_indices = np.tile(extra_indices, repeats)
+    log.info("training pool: %d faces + %d hard (%d draws)", len(base), len(extra), len(extra_indices))
+    return pool, np.concatenate([base, extra_indices])
 
 
 def _checkpoint(
@@ -998,7 +1077,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--faces", type=Path, required=True)
     run.add_argument("--run", type=Path, required=True)
     run.add_argument("--steps", type=int, default=TrainConfig.steps)
-    run.add_argument("--recipe", choices=("v1", "v2"), default="v1", help="sample mixture")
+    run.add_argument("--recipe", choices=("v1", "v2", "v3"), default="v1", help="sample mixture")
+    run.add_argument("--hard-faces", type=Path, nargs="*", default=[], help="hard-negative faces")
+    run.add_argument("--hard-share", type=float, default=0.0, help="their share of the draws")
     run.add_argument("--init", type=Path, help=".safetensors to fine-tune from")
     run.add_argument("--lr", type=float, default=TrainConfig.lr)
     run.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
@@ -1025,6 +1106,8 @@ def main(argv: list[str] | None = None) -> int:
             warmup_steps=args.warmup_steps,
             init=None if args.init is None else str(args.init),
             recipe=args.recipe,
+            hard_faces=tuple(str(d) for d in args.hard_faces),
+            hard_share=args.hard_share,
         )
         train(args.faces, args.run, build_maker(args.data, args.recipe), config)
     elif args.command == "export":

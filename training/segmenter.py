@@ -1116,7 +1116,9 @@ def main(argv: list[str] | None = None) -> int:
             "training_run": json.dumps(run_config, sort_keys=True),
             "training_data": json.dumps(
                 {
-                    "faces": list(TRAINING_SOURCES),
+                    "faces": list(TRAINING_SOURCES)
+                    + (list(HARD_NEGATIVE_SOURCES) if run_config.get("hard_faces") else []),
+                    "hard_faces": run_config.get("hard_faces", []),
                     "split": "train split only: sha1(identity group) % 100 < 70",
                     "occluders": "training.occluders + MaskTheFace templates and textures",
                 }

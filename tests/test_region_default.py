@@ -374,3 +374,38 @@ def test_process_restores_only_the_masked_one_of_two_people(
         if multi_clip.occluder_masks[r.index, 0].any()
     ]
     assert float(np.mean(ious)) >= OCCLUDER_IOU_BOUND, np.mean(ious)
+
+
+def test_each_stream_has_its_own_segmenter_state_and_a_reopen_starts_fresh(
+    multi_clip: MultiClipTruth,
+) -> None:
+    from stream.service import FrameService
+
+    frames, _ = video_frames(multi_clip.path)
+    service = FrameService(segmenter=load_predictor(MaskDetectOptions()))
+
+    def send(stream: str, kind: str, payload: bytes = b"", **fields: Any) -> dict[str, Any]:
+        header = json.dumps({"v": 1, "type": kind, "stream": stream, "seq": 1, **fields})
+        reply: dict[str, Any] = json.loads(service.handle(b"c", [header.encode(), payload])[0])
+        return reply
+
+    def frame(stream: str, image: np.ndarray) -> dict[str, Any]:
+        return send(stream, "frame", image.tobytes(), encoding="raw", shape=list(image.shape))
+
+    send("a", "open")
+    send("b", "open", options={"mask_threshold": 0.95})
+    first = [frame("a", image) for image in frames[:3]]
+    other = [frame("b", image) for image in frames[:3]]
+    # Stream a restores the masked person; b asked for 95% of the face covered: nothing.
+    assert all(sum(f["restored"] for f in r["faces"]) == 1 for r in first)
+    assert all(not any(f["restored"] for f in r["faces"]) for r in other)
+    detector = service._sessions[(b"c", "a")].region
+    assert isinstance(detector, MaskDetector) and detector.segmented >= 2
+    send("a", "close")
+    send("a", "open")
+    fresh = service._sessions[(b"c", "a")].region
+    assert isinstance(fresh, MaskDetector) and fresh is not detector and fresh.segmented == 0
+    bad = send("c", "open", options={"region": {"box": [1, 2, 3, 4]}, "mask_threshold": 0.1})
+    assert bad["type"] == "error" and bad["code"] == "bad_option"
+    bad = send("c", "open", options={"region": "everywhere"})
+    assert bad["type"] == "error" and "region must be" in bad["message"]

@@ -263,15 +263,23 @@ def _point(xy: npt.NDArray[np.float64]) -> tuple[int, int]:
     return (round(float(xy[0])), round(float(xy[1])))
 
 
-# Where light pools on a face in the crop template (x, y): the cheekbones, the forehead, the
-# nose's bridge and tip, the chin.
-_SHEEN_SPOTS_256 = ((84.0, 140.0), (172.0, 140.0), (128.0, 50.0), (128.0, 112.0), (128.0, 212.0))
+# Where light pools on a face in the crop template (x, y): the cheekbones (twice as often),
+# the forehead, the nose's bridge. Not the mouth or chin, where a white sheen would look too
+# much like the lower edge of a white mask.
+_SHEEN_SPOTS_256 = (
+    (84.0, 140.0),
+    (172.0, 140.0),
+    (80.0, 130.0),
+    (176.0, 130.0),
+    (128.0, 50.0),
+    (128.0, 105.0),
+)
 
 
 def specular_highlight(image: ImageU8, rng: np.random.Generator) -> ImageU8:
-    """A soft sheen of light on the skin (a lamp's reflection on a cheekbone, the forehead,
-    the nose or the chin): a Gaussian ellipse, 10-45 px across, blended towards a warm or
-    cool near-white by 30-90% at its centre. Real side-lit skin in broadcast video looks
+    """A soft sheen of light on the skin (a lamp's reflection on a cheekbone, the forehead or
+    the nose): a Gaussian ellipse, 10-45 px across, blended towards a warm or cool
+    near-white by 30-80% at its centre. Real side-lit skin in broadcast video looks
     like this; it is not an occluder."""
     x0, y0 = _SHEEN_SPOTS_256[int(rng.integers(len(_SHEEN_SPOTS_256)))]
     scale = CROP_SIZE / 256.0
@@ -283,7 +291,7 @@ def specular_highlight(image: ImageU8, rng: np.random.Generator) -> ImageU8:
     ys, xs = np.mgrid[0:CROP_SIZE, 0:CROP_SIZE].astype(np.float32)
     u = (xs - cx) * math.cos(angle) + (ys - cy) * math.sin(angle)
     v = -(xs - cx) * math.sin(angle) + (ys - cy) * math.cos(angle)
-    weight = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2)) * np.float32(rng.uniform(0.3, 0.9))
+    weight = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2)) * np.float32(rng.uniform(0.3, 0.8))
     tint = rng.uniform(225.0, 255.0) + rng.normal(0.0, 8.0, 3)  # B, G, R near white
     out = image.astype(np.float32)
     out += (tint.astype(np.float32) - out) * weight[..., None]

@@ -759,10 +759,18 @@ def _training_pool(
     base = np.arange(len(train_indices), dtype=np.intp)
     extra_indices = np.arange(len(train_indices), len(pool), dtype=np.intp)
     if config.hard_share > 0.0:
-        wanted = config.hard_share / (1.0 - config.hard_share) * len(base)
-        repeats = max(1, round(wanted / len(extra_indices)))
-        extra_indices = np.tile(extra_indices, repeats)
-    log.info("training pool: %d faces + %d hard (%d draws)", len(base), len(extra), len(extra_indices))
+        # Whole copies of the smaller side, so that every face stays equally likely within it.
+        ratio = config.hard_share / (1.0 - config.hard_share) * len(base) / len(extra_indices)
+        if ratio >= 1.0:
+            extra_indices = np.tile(extra_indices, round(ratio))
+        else:
+            base = np.tile(base, max(1, round(1.0 / ratio)))
+    log.info(
+        "training pool: %d faces + %d hard; hard share of the draws %.3f",
+        len(train_indices),
+        len(extra),
+        len(extra_indices) / (len(base) + len(extra_indices)),
+    )
     return pool, np.concatenate([base, extra_indices])
 
 

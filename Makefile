@@ -49,8 +49,8 @@ test: setup
 demo: setup
 	mkdir -p out
 	$(BIN)/python -m stream.testclip out/demo_input.mp4
-	$(BIN)/avstream process out/demo_input.mp4 -o out/demo_restored.mp4 --mask-detect
-	@echo "restored video: out/demo_restored.mp4 (input: out/demo_input.mp4)"
+	$(BIN)/avstream process out/demo_input.mp4 -o out/demo_restored.mp4
+	@echo "restored video: out/demo_restored.mp4 (input: out/demo_input.mp4; what was made up: out/demo_restored.restored.jsonl)"
 
 lint: setup
 	$(BIN)/ruff check .

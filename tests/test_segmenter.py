@@ -28,6 +28,7 @@ from training.segmenter import (
     SampleMaker,
     TrainConfig,
     _group,
+    _training_pool,
     batch_iou,
     contact_sheet,
     list_sources,
@@ -133,6 +134,12 @@ def test_identity_groups_follow_each_collection() -> None:
     grid = "talking_heads/grid"
     assert _group(grid, Path("id2_vcd_swwp2s.mpg")) == _group(grid, Path("GRID/sbia1a.mpg"))
     assert _group("identities/orl", Path("att_faces/s7/3.pgm")) == "orl:s7"
+    frl = "faces/face_research_lab"
+    assert _group(frl, Path("london/001_neutral.jpg")) == _group(frl, Path("london/001_smiling.jpg"))
+    assert _group(frl, Path("lisa/15cm.jpg")) == _group(frl, Path("lisa/lisa2.jpg"))
+    more = "talking_heads/more"
+    a, b = Path("cremad/cremad_1001_DFA_ANG_XX.mp4"), Path("cremad/cremad_1001_DFA_SAD_XX.mp4")
+    assert _group(more, a) == _group(more, b) == "more:cremad_1001"
 
 
 def test_sample_maker_is_seeded_and_clean_faces_have_empty_masks() -> None:
@@ -145,6 +152,55 @@ def test_sample_maker_is_seeded_and_clean_faces_have_empty_masks() -> None:
     image, mask = clean(face, np.random.default_rng(0))
     assert not mask.any()
     assert np.array_equal(image, face) or np.array_equal(image, face[:, ::-1])
+
+
+def test_real_look_lighting_keeps_clean_faces_clean() -> None:
+    face = _face(4)
+    lit = SampleMaker(
+        OccluderRenderer(),
+        clean_probability=1.0,
+        jitter=False,
+        degrade=False,
+        lighting_probability=1.0,
+    )
+    changed = 0
+    for seed in range(6):
+        image, mask = lit(face, np.random.default_rng(seed))
+        assert not mask.any()
+        changed += not (np.array_equal(image, face) or np.array_equal(image, face[:, ::-1]))
+    assert changed == 6
+    # Off (v1, v2): the random stream and the samples are what they were.
+    plain = SampleMaker(OccluderRenderer())
+    a = plain(face, np.random.default_rng(9))
+    b = SampleMaker(OccluderRenderer(), lighting_probability=0.0)(face, np.random.default_rng(9))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_hard_faces_join_the_training_pool_at_their_share(tmp_path: Path) -> None:
+    hard_dir = tmp_path / "hard"
+    hard_dir.mkdir()
+    np.save(hard_dir / "crops.npy", np.stack([_face(10 + i) for i in range(4)]))
+    rows = [
+        {"path": f"h{i}", "dataset": "hard", "group": f"h{i}", "split": split}
+        for i, split in enumerate(["train", "train", "train", "test"])
+    ]
+    (hard_dir / "index.json").write_text(json.dumps({"misses": 0, "crops": rows}))
+    faces = FaceSet(
+        crops=np.stack([_face(i) for i in range(7)]),
+        paths=tuple("abcdefg"),
+        datasets=("toy",) * 7,
+        groups=tuple("abcdefg"),
+        splits=("train",) * 6 + ("val",),
+    )
+    train_indices = faces.select("train")
+    config = TrainConfig(hard_faces=(str(hard_dir),), hard_share=0.5)
+    pool, indices = _training_pool(faces, train_indices, config)
+    assert len(pool) == 6 + 3  # the hard set's test face stays out
+    assert np.array_equal(pool[6], _face(10))
+    hard = np.count_nonzero(indices >= 6) / len(indices)
+    assert abs(hard - 0.5) < 0.01
+    alone, same = _training_pool(faces, train_indices, TrainConfig())
+    assert alone is faces.crops and np.array_equal(same, train_indices)
 
 
 def test_occluders_only_change_pixels_near_their_mask() -> None:

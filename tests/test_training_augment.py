@@ -123,3 +123,26 @@ def test_bad_options_and_inputs_raise(crop: np.ndarray) -> None:
         AugmentOptions(jpeg_quality=(90, 30))
     with pytest.raises(ValueError, match="crop"):
         augment_crop(crop[:100], np.random.default_rng(0), AugmentOptions())
+
+
+def test_specular_highlight_brightens_a_soft_spot_on_the_skin(crop: np.ndarray) -> None:
+    before = crop.copy()
+    out = augment.specular_highlight(crop, np.random.default_rng(5))
+    assert out.shape == crop.shape and out.dtype == np.uint8
+    assert np.array_equal(crop, before)
+    change = out.astype(np.int16) - crop.astype(np.int16)
+    assert change.min() >= -12  # towards a near-white tint: already-white pixels barely move
+    lifted = change.max(axis=2) > 8
+    assert 0 < lifted.mean() < 0.25  # a spot, not the whole crop
+    same = augment.specular_highlight(crop, np.random.default_rng(5))
+    assert np.array_equal(out, same)
+
+
+def test_side_light_lights_one_side_of_the_face(crop: np.ndarray) -> None:
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float64)
+    for seed in range(4):
+        out = augment.side_light(crop, np.random.default_rng(seed))
+        lit = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY).astype(np.float64) - grey
+        half = CROP_SIZE // 2
+        left, right = lit[:, :half].mean(), lit[:, half:].mean()
+        assert abs(left - right) > 10.0

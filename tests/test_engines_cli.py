@@ -15,7 +15,7 @@ from avinpaint.checkpoint import save
 from avinpaint.config import preset
 from avinpaint.model import Generator
 from engines.backends import BACKEND_NAMES, PREFERENCES
-from engines.cli import (
+from stream.engines_cli import (
     BACKEND_CHOICES,
     add_backend_arguments,
     add_engines_subparser,

@@ -2,6 +2,9 @@
 of every command that runs the model. ``stream.cli`` wires these in; this module prints only
 from ``run_engines`` and turns library errors into ``stream.errors`` exceptions, which the
 CLI reports as one line with exit code 1 (failure) or 2 (bad usage).
+
+It lives in ``stream``, not ``engines``: opening a model for the CLI needs ``ModelInpainter``
+and the CLI's errors, and the runtime layer must not import the video layer above it.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from engines.export import (
     SPEAKER_INPUT,
     ExportedGraph,
     ExportedModel,
+    ExportOptions,
     export_cached,
     speaker_input_shape,
 )
@@ -404,11 +405,15 @@ def ort_providers(
     graph: ExportedGraph,
     options: BackendOptions,
     cache_root: Path,
-    fp16: bool,
 ) -> ProviderList:
     """onnxruntime's provider list for one graph. The TensorRT provider keeps its engines and
     timing cache under ``cache_root/ort-tensorrt`` (facefusion's set-up) and gets a profile
-    for the dynamic face batch; CUDA runs what TensorRT cannot take."""
+    for the dynamic face batch; CUDA runs what TensorRT cannot take.
+
+    Precision lives in the graph (``ExportOptions.fp16``), never in provider flags: with
+    ``trt_fp16_enable`` off onnxruntime builds a strongly typed TensorRT network (since
+    onnxruntime 1.22, microsoft/onnxruntime#24298), which keeps the FP32 normalisations of the
+    mixed FP16 graph where its FP16 flag would let TensorRT pick FP16 anywhere."""
     device = str(options.device_id)
     cuda: ProviderList = [("CUDAExecutionProvider", {"device_id": device})]
     if provider == "cpu":
@@ -418,7 +423,7 @@ def ort_providers(
     ort_cache = str(cache_root / "ort-tensorrt")
     trt_options = {
         "device_id": device,
-        "trt_fp16_enable": "True" if fp16 else "False",
+        "trt_fp16_enable": "False",
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": ort_cache,
         "trt_timing_cache_enable": "True",
@@ -449,7 +454,6 @@ class OnnxRuntimeBackend:
         exported: ExportedModel,
         provider: OrtProvider,
         options: BackendOptions,
-        fp16: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -457,7 +461,6 @@ class OnnxRuntimeBackend:
         self._config = exported.config
         self._provider = provider
         self._exported = exported
-        self._fp16 = fp16
         cache = EngineCache(options.cache_dir)
         self._speaker = self._session(exported.speaker, options, cache)
         self._inpaint = self._session(exported.inpaint, options, cache)
@@ -465,7 +468,7 @@ class OnnxRuntimeBackend:
 
     @property
     def name(self) -> str:
-        suffix = "-fp16" if self._fp16 else ""
+        suffix = "-fp16" if self._exported.inpaint.precision == "fp16" else ""
         return f"onnxruntime-{self._provider}{suffix}"
 
     @property
@@ -511,7 +514,7 @@ class OnnxRuntimeBackend:
             session_options.intra_op_num_threads = options.threads
             session_options.inter_op_num_threads = 1
         session_options.log_severity_level = 3  # errors only: fallbacks are checked below
-        providers = ort_providers(self._provider, graph, options, cache.root, self._fp16)
+        providers = ort_providers(self._provider, graph, options, cache.root)
         try:
             if self._provider == "tensorrt":
                 # onnxruntime builds and caches TensorRT engines itself: one process at a time.
@@ -562,12 +565,14 @@ class OnnxRuntimeFactory:
 
     def create(self, model: Generator, options: BackendOptions) -> Backend:
         fp16 = False
-        if self.provider == "tensorrt":
+        if self.provider in ("tensorrt", "cuda"):
+            # The GPU providers run the mixed FP16 graph where the GPU has fast FP16, the same
+            # graph the native TensorRT backend builds from.
             from engines.tensorrt import gpu_info, has_fast_fp16, resolve_precision
 
             fast = torch.cuda.is_available() and has_fast_fp16(
                 gpu_info(options.device_id).compute_capability
             )
             fp16 = resolve_precision(options.precision, fast) == "fp16"
-        exported = export_cached(model, EngineCache(options.cache_dir))
-        return OnnxRuntimeBackend(exported, self.provider, options, fp16=fp16)
+        exported = export_cached(model, EngineCache(options.cache_dir), ExportOptions(fp16=fp16))
+        return OnnxRuntimeBackend(exported, self.provider, options)

@@ -152,10 +152,12 @@ def test_onnxruntime_tensorrt_provider_setup(tmp_path: Path) -> None:
     spec = inpaint_spec()
     graph = ExportedGraph(spec, tmp_path / "inpaint.onnx", "ab" * 32)
     options = BackendOptions(cache_dir=tmp_path, max_batch=8)
-    providers = ort_providers("tensorrt", graph, options, tmp_path, fp16=True)
+    graph = ExportedGraph(spec, tmp_path / "inpaint.onnx", "ab" * 32, precision="fp16")
+    providers = ort_providers("tensorrt", graph, options, tmp_path)
     assert [p for p, _ in providers] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     trt = providers[0][1]
-    assert trt["trt_fp16_enable"] == "True"
+    # Precision is in the graph: without the FP16 flag onnxruntime builds strongly typed.
+    assert trt["trt_fp16_enable"] == "False"
     assert trt["trt_engine_cache_enable"] == "True"
     assert trt["trt_timing_cache_enable"] == "True"
     assert trt["trt_engine_cache_path"] == str(tmp_path / "ort-tensorrt")
@@ -164,8 +166,6 @@ def test_onnxruntime_tensorrt_provider_setup(tmp_path: Path) -> None:
     speaker = ExportedGraph(
         GraphSpec("speaker", ("speaker_input",), ("embedding",), ()), tmp_path / "s", "cd" * 32
     )
-    speaker_trt = ort_providers("tensorrt", speaker, options, tmp_path, fp16=False)[0][1]
+    speaker_trt = ort_providers("tensorrt", speaker, options, tmp_path)[0][1]
     assert "trt_profile_min_shapes" not in speaker_trt  # static shapes need no profile
-    assert ort_providers("cpu", graph, options, tmp_path, fp16=False) == [
-        ("CPUExecutionProvider", {})
-    ]
+    assert ort_providers("cpu", graph, options, tmp_path) == [("CPUExecutionProvider", {})]

@@ -17,6 +17,7 @@ backend it passes over was skipped, and returns the first that starts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -310,17 +311,29 @@ def check_faces(config: ModelConfig, face: Array, mask: Array, max_batch: int | 
 class TorchBackend:
     """The ``Generator`` itself, eager: the reference the other backends are checked against.
 
-    The model is moved to ``device`` and put in eval mode (the backend takes it over)."""
+    The model is moved to ``device`` and put in eval mode (the backend takes it over).
+    ``autocast`` (``torch.float16`` or ``torch.bfloat16``) runs it under ``torch.autocast``:
+    weights stay FP32, matrix products and convolutions run in that type, normalisations and
+    reductions in FP32 (autocast's own op lists); outputs are FP32 arrays either way."""
 
-    def __init__(self, model: Generator, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: Generator,
+        device: str | torch.device = "cpu",
+        autocast: torch.dtype | None = None,
+    ) -> None:
+        if autocast not in (None, torch.float16, torch.bfloat16):
+            raise ValueError(f"autocast must be None, float16 or bfloat16, got {autocast}")
         self._device = torch.device(device)
+        self._autocast = autocast
         self._model = model.to(self._device).eval()
         # The features of the last window on the device: reused while the window lasts.
         self._features: tuple[SpeakerArrays, SpeakerFeatures] | None = None
 
     @property
     def name(self) -> str:
-        return f"torch-{self._device.type}"
+        suffix = {None: "", torch.float16: "-fp16", torch.bfloat16: "-bf16"}[self._autocast]
+        return f"torch-{self._device.type}{suffix}"
 
     @property
     def config(self) -> ModelConfig:
@@ -332,13 +345,13 @@ class TorchBackend:
 
     def speaker_features(self, speaker_input: Array) -> SpeakerArrays:
         check_speaker_input(self.config, speaker_input)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocasting():
             features = self._model.speaker_features(self._tensor(speaker_input))
             return SpeakerArrays(*(_numpy(t) for t in features[:5]))
 
     def inpaint(self, face: Array, mask: Array, features: SpeakerArrays) -> InpaintArrays:
         check_faces(self.config, face, mask, None)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocasting():
             out = self._model.inpaint(
                 self._tensor(face), self._tensor(mask), self._device_features(features)
             )
@@ -357,6 +370,11 @@ class TorchBackend:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _autocasting(self) -> contextlib.AbstractContextManager[object]:
+        if self._autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self._device.type, dtype=self._autocast)
 
     def _tensor(self, array: Array) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self._device)

@@ -169,3 +169,17 @@ def test_onnxruntime_tensorrt_provider_setup(tmp_path: Path) -> None:
     speaker_trt = ort_providers("tensorrt", speaker, options, tmp_path)[0][1]
     assert "trt_profile_min_shapes" not in speaker_trt  # static shapes need no profile
     assert ort_providers("cpu", graph, options, tmp_path) == [("CPUExecutionProvider", {})]
+
+
+def test_torch_autocast_is_close_to_fp32_and_named(model: Generator) -> None:
+    speaker_input = example_speaker_input(model.config, seed=7)
+    face, mask = example_faces(model.config, 1, seed=8)
+    with TorchBackend(model, "cpu") as fp32, TorchBackend(model, "cpu", torch.bfloat16) as bf16:
+        assert (fp32.name, bf16.name) == ("torch-cpu", "torch-cpu-bf16")
+        want = fp32.inpaint(face, mask, fp32.speaker_features(speaker_input)).inpainted
+        got = bf16.inpaint(face, mask, bf16.speaker_features(speaker_input)).inpainted
+    assert got.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: about 1e-2 relative, never the FP32 result itself.
+    assert 1e-5 < max_relative_error(got, want) < 5e-2
+    with pytest.raises(ValueError, match="autocast"):
+        TorchBackend(model, "cpu", torch.int8)

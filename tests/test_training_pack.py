@@ -95,13 +95,20 @@ def test_pack_errors(source: Path, tmp_path: Path) -> None:
     (tmp_path / "exists").mkdir()
     with pytest.raises(InputError, match="exists"):
         pack_dataset(source, tmp_path / "exists")
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        PackOptions(jpeg_quality=101)
+
+
+def test_missing_d_vectors_are_embedded_first(source: Path, tmp_path: Path) -> None:
     no_cache = tmp_path / "no_cache"
     shutil.copytree(source, no_cache)
     (no_cache / SPEAKER_DIR / GE2E_CACHE).unlink()
-    with pytest.raises(InputError, match="no GE2E speaker cache"):
-        pack_dataset(no_cache, tmp_path / "out")
-    with pytest.raises(ValueError, match="jpeg_quality"):
-        PackOptions(jpeg_quality=101)
+    summary = pack_dataset(no_cache, tmp_path / "out", PackOptions(max_bytes=10 * 2**20))
+    vectors = ensure_ge2e_cache(DatasetIndex.load(tmp_path / "out"), progress=False)
+    assert len(vectors) == summary.audio_segments == 6
+    # GE2E d-vectors of the (noise) speech: unit length, not the fixture's random vectors.
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert (no_cache / SPEAKER_DIR / GE2E_CACHE).is_file()  # the source's cache, as training
 
 
 def test_cli_pack(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

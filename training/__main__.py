@@ -431,7 +431,7 @@ def _run_pack(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    summary = pack_dataset(args.dataset, args.output, options)
+    summary = pack_dataset(args.dataset, args.output, options, progress=True)
     print(f"packed {summary.line()} -> {args.output}")
     return 0
 

@@ -36,6 +36,7 @@ from training.data import (
     GE2E_CACHE_NAME,
     SPEAKER_DIR,
     DatasetIndex,
+    ensure_ge2e_cache,
     read_crop,
 )
 from training.manifest import (
@@ -88,16 +89,22 @@ class PackSummary:
         )
 
 
-def pack_dataset(source: Path, output: Path, options: PackOptions = PackOptions()) -> PackSummary:
+def pack_dataset(
+    source: Path, output: Path, options: PackOptions = PackOptions(), progress: bool = False
+) -> PackSummary:
     """Write the pack of the dataset at ``source`` into ``output`` (which must not exist).
-    Raises ``InputError`` when the source lacks psi rows or GE2E d-vectors for its speech."""
+    Speech segments without a GE2E d-vector are embedded first (into the source's cache, as
+    the trainer would). Raises ``InputError`` when the source has no psi rows."""
     if output.exists():
         raise InputError(f"{output} exists; packs are written to a new folder")
     index = DatasetIndex.load(source)
     if index.psi is None:
         raise InputError(f"{source} has no {PSI_FILE}: prepare it with psi embeddings")
+    every_vector = ensure_ge2e_cache(index, progress=progress)
     audio = [r for r in index.audio if r.split == options.split]
-    vectors = _ge2e_vectors(source, [r.audio for r in audio])
+    vectors = {
+        r.audio: every_vector[i] for i, r in enumerate(index.audio) if r.split == options.split
+    }
     crops = [r for r in index.crops if r.split == options.split]
     voiced = {r.identity for r in audio} & {r.identity for r in crops}
     order = sample_order(crops, options.seed)
@@ -187,25 +194,6 @@ def encode_crop(path: Path, jpeg_quality: int) -> bytes:
     if not ok:
         raise InputError(f"could not encode {path}")
     return bytes(data.tobytes())
-
-
-def _ge2e_vectors(source: Path, wanted: Sequence[str]) -> dict[str, np.ndarray]:
-    folder = source / SPEAKER_DIR
-    try:
-        meta = json.loads((folder / GE2E_CACHE_INDEX).read_text())
-        rows = np.load(folder / GE2E_CACHE)
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"{source} has no GE2E speaker cache ({exc}); train once on it, or run "
-            "training.data.ensure_ge2e_cache, before packing"
-        ) from exc
-    if meta.get("encoder") != GE2E_CACHE_NAME:
-        raise InputError(f"{folder}: speaker cache made by {meta.get('encoder')!r}")
-    cached = {path: rows[i] for i, path in enumerate(meta["audio"])}
-    missing = [p for p in wanted if p not in cached]
-    if missing:
-        raise InputError(f"{folder}: {len(missing)} speech segments have no d-vector")
-    return {p: cached[p].astype(np.float32) for p in wanted}
 
 
 def _crop_key(record: CropRecord) -> tuple[str, str]:

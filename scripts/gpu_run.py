@@ -12,7 +12,7 @@ goes to ``OUT/logs/STAGE.log``:
 2. ``gpu_tests``: the ``gpu``-marked tests (``OUT/gpu_tests.xml``).
 3. ``bench``: faces/s of the torch backend at batch 1/8/32, FP32 and FP16/BF16 autocast,
    ``paper`` and ``lite`` (``bench.gpu``; ``OUT/bench.json``).
-4. ``process``: ``avstream process --no-reuse --backend torch`` on the carried clip.
+4. ``process``: ``avstream process --mask-box --no-reuse --backend torch`` on the clip.
 5. ``finetune``: the rest of the budget fine-tunes ``lite`` from the shipped weights on the
    packed dataset (the 2026-12-05 recipe of ``docs/MODEL_CARD_lite.md``, on CUDA with
    autocast, a larger batch); SIGTERM at the deadline makes the trainer checkpoint; the last
@@ -323,6 +323,7 @@ def process_command(settings: Settings) -> list[str]:
         str(settings.clip),
         "-o",
         str(settings.out / "process" / "restored.mp4"),
+        "--mask-box",
         "--no-reuse",
         "--inpainter",
         "model",

@@ -32,11 +32,12 @@ from engines.export import (
 from engines.fp16 import CAST_PREFIX, FP32_OPS, count_fp32_nodes, to_mixed_fp16
 
 INPAINT_TOLERANCE = 5e-3
-"""Max relative error of the FP16 inpaint graph against FP32 (measured on shipped lite,
-batch 3: 1.0e-3 for the inpainted faces, 1.6e-4 for I_c)."""
+"""Max relative error of the FP16 inpaint graph against FP32 (measured on shipped lite:
+2.9e-4 for the inpainted faces of this test's batch, 1.0e-3 for a batch of 2 with seed 0;
+1.7e-4 for I_c)."""
 
 SPEAKER_TOLERANCE = 2e-3
-"""The same for the speaker graph's outputs (measured: <= 3.5e-4)."""
+"""The same for the speaker graph's outputs (measured: <= 5.0e-4)."""
 
 
 @pytest.fixture(scope="module")

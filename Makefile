@@ -101,7 +101,7 @@ gpu-pack: setup
 
 # gpu-run, on the GPU machine: no setup (its Python has torch; nothing is installed).
 gpu-run:
-	scripts/gpu_run.sh $(GPU_OUT)
+	bash scripts/gpu_run.sh $(GPU_OUT)
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

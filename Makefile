@@ -16,7 +16,7 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup apt test demo lint format bench ge2e-reference clean
+.PHONY: setup apt test demo lint format bench ge2e-reference clean gpu-pack gpu-run
 
 setup: apt $(STAMP)
 
@@ -69,6 +69,39 @@ bench: setup
 ge2e-reference:
 	python3 -m venv /tmp/rz && /tmp/rz/bin/pip install -q torch==2.13.0 resemblyzer "setuptools<81"
 	/tmp/rz/bin/python tools/make_ge2e_reference.py
+
+# --- the GPU run (README "GPU run"; scripts/gpu_run.py) ---------------------------------
+# gpu-pack, here: the files the GPU machine gets besides the checkout (carry out/gpu_pack,
+# <= 64 MiB): the dataset of the shipped lite weights (docs/MODEL_CARD_lite.md) cut to
+# GPU_PACK_MIB, and a clip for `process`. Without that dataset, one is prepared from
+# ../shared/data first (the model card's folders except the fmd photos; about 8 minutes).
+SHARED_DATA ?= ../shared/data
+GPU_SOURCE_DATASET ?= /tmp/av14/dataset
+GPU_CLIP ?= $(SHARED_DATA)/talking_heads/more/tv/kim_7s_raw.mp4
+GPU_PACK_MIB ?= 44
+GPU_OUT ?= out/gpu_run
+
+gpu-pack: setup
+	[ -f $(GPU_SOURCE_DATASET)/manifest.jsonl ] || $(BIN)/python -m training prepare \
+	  --videos $(SHARED_DATA)/talking_heads/pcavs $(SHARED_DATA)/talking_heads/grid \
+	    $(SHARED_DATA)/talking_heads/more \
+	  --images $(SHARED_DATA)/faces/lfw $(SHARED_DATA)/faces/face_research_lab \
+	  --speech $(SHARED_DATA)/speech/librispeech $(SHARED_DATA)/speech/hdtf_radio \
+	  --identity-regex '(?P<id>lfw/.+)_[0-9]{4}\.jpg$$' \
+	  --identity-regex '(?P<id>face_research_lab/(?:london|canada)/[0-9]+[a-z]?)[._]' \
+	  --identity-regex 'cremad_(?P<id>[0-9]{4})_' \
+	  --identity-regex 'hdtf_radio/(?P<id>RD_Radio[0-9]+)_' \
+	  --identity-alias id2_vcd_swwp2s=sbia1a --frame-step 3 -o $(GPU_SOURCE_DATASET)
+	rm -rf out/gpu_pack
+	mkdir -p out/gpu_pack
+	$(BIN)/python -m training pack $(GPU_SOURCE_DATASET) -o out/gpu_pack/dataset \
+	  --max-mib $(GPU_PACK_MIB)
+	cp $(GPU_CLIP) out/gpu_pack/clip.mp4
+	du -sh out/gpu_pack
+
+# gpu-run, on the GPU machine: no setup (its Python has torch; nothing is installed).
+gpu-run:
+	bash scripts/gpu_run.sh $(GPU_OUT)
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

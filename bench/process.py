@@ -78,7 +78,7 @@ def run_process(source: Path, output: Path, inpainter_name: str) -> dict[str, An
 
     import cv2
 
-    from engines.cli import open_model_inpainter, parse_backend_arguments
+    from stream.engines_cli import open_model_inpainter, parse_backend_arguments
     from stream.inpaint import Inpainter, OpenCVInpainter
     from stream.media import EncodeOptions
     from stream.occlusion import FixedRegion

@@ -90,10 +90,10 @@ from bench.restore_video import (
     telea_true_mask,
     to_frame,
 )
-from engines.cli import open_model_inpainter, parse_backend_arguments
 from stream.align import crop_at
 from stream.audio import read_audio_16k
 from stream.composite import composite, inpaint_hole
+from stream.engines_cli import open_model_inpainter, parse_backend_arguments
 from stream.inpaint import Inpainter, OpenCVInpainter
 from stream.mask_detect import MaskDetectOptions, face_region
 from stream.media import VideoReader, probe

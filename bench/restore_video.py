@@ -54,8 +54,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from engines.cli import open_model_inpainter, parse_backend_arguments
 from stream.composite import changed_region, feather
+from stream.engines_cli import open_model_inpainter, parse_backend_arguments
 from stream.inpaint import Inpainter, OpenCVInpainter, OpenCVMethod
 from stream.mask_detect import MaskDetectOptions, MaskDetector
 from stream.media import EncodeOptions, MediaInfo, VideoReader, VideoWriter, probe

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.inpainter == "model":
         import functools
 
-        from engines.cli import open_model_inpainter, parse_backend_arguments
+        from stream.engines_cli import open_model_inpainter, parse_backend_arguments
 
         model_args = parse_backend_arguments(["--backend", "onnxruntime"])
         open_model = functools.partial(open_model_inpainter, model_args, 1)

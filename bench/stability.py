@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from avinpaint.spec import CROP_SIZE
-from engines.cli import add_backend_arguments, open_model_inpainter
+from stream.engines_cli import add_backend_arguments, open_model_inpainter
 from stream.inpaint import Inpainter, OpenCVInpainter
 from stream.media import VideoReader
 from stream.occlusion import FixedRegion, OcclusionModel

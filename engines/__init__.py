@@ -6,10 +6,12 @@
     out = selection.backend.inpaint(faces, masks, features)          # per batch of faces
 
 - ``engines.export``: the two ONNX graphs (``speaker``, ``inpaint``) and their cached export.
-- ``engines.tensorrt``: TensorRT 10 engine build and runtime (import-guarded; never run here).
+- ``engines.tensorrt``: TensorRT 10/11 engine build and runtime (import-guarded; never run here).
 - ``engines.cache``: the engine cache (key, file lock, atomic entries, list, clean); stdlib only.
 - ``engines.backends``: the ``Backend`` Protocol, onnxruntime and torch backends, selection.
-- ``engines.cli``: ``avstream engines build|list|clean`` and ``--backend``.
+
+The command-line glue (``avstream engines``, ``--backend``) is ``stream.engines_cli``: engines
+imports neither ``stream`` nor ``training`` (``tests/test_layering.py``).
 
 Public names are imported lazily so ``engines.cache`` can be used without importing torch.
 """

@@ -17,6 +17,7 @@ backend it passes over was skipped, and returns the first that starts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from engines.export import (
     SPEAKER_INPUT,
     ExportedGraph,
     ExportedModel,
+    ExportOptions,
     export_cached,
     speaker_input_shape,
 )
@@ -309,17 +311,29 @@ def check_faces(config: ModelConfig, face: Array, mask: Array, max_batch: int | 
 class TorchBackend:
     """The ``Generator`` itself, eager: the reference the other backends are checked against.
 
-    The model is moved to ``device`` and put in eval mode (the backend takes it over)."""
+    The model is moved to ``device`` and put in eval mode (the backend takes it over).
+    ``autocast`` (``torch.float16`` or ``torch.bfloat16``) runs it under ``torch.autocast``:
+    weights stay FP32, matrix products and convolutions run in that type, normalisations and
+    reductions in FP32 (autocast's own op lists); outputs are FP32 arrays either way."""
 
-    def __init__(self, model: Generator, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: Generator,
+        device: str | torch.device = "cpu",
+        autocast: torch.dtype | None = None,
+    ) -> None:
+        if autocast not in (None, torch.float16, torch.bfloat16):
+            raise ValueError(f"autocast must be None, float16 or bfloat16, got {autocast}")
         self._device = torch.device(device)
+        self._autocast = autocast
         self._model = model.to(self._device).eval()
         # The features of the last window on the device: reused while the window lasts.
         self._features: tuple[SpeakerArrays, SpeakerFeatures] | None = None
 
     @property
     def name(self) -> str:
-        return f"torch-{self._device.type}"
+        suffix = {None: "", torch.float16: "-fp16", torch.bfloat16: "-bf16"}[self._autocast]
+        return f"torch-{self._device.type}{suffix}"
 
     @property
     def config(self) -> ModelConfig:
@@ -331,13 +345,13 @@ class TorchBackend:
 
     def speaker_features(self, speaker_input: Array) -> SpeakerArrays:
         check_speaker_input(self.config, speaker_input)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocasting():
             features = self._model.speaker_features(self._tensor(speaker_input))
             return SpeakerArrays(*(_numpy(t) for t in features[:5]))
 
     def inpaint(self, face: Array, mask: Array, features: SpeakerArrays) -> InpaintArrays:
         check_faces(self.config, face, mask, None)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocasting():
             out = self._model.inpaint(
                 self._tensor(face), self._tensor(mask), self._device_features(features)
             )
@@ -356,6 +370,11 @@ class TorchBackend:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _autocasting(self) -> contextlib.AbstractContextManager[object]:
+        if self._autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self._device.type, dtype=self._autocast)
 
     def _tensor(self, array: Array) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self._device)
@@ -404,11 +423,15 @@ def ort_providers(
     graph: ExportedGraph,
     options: BackendOptions,
     cache_root: Path,
-    fp16: bool,
 ) -> ProviderList:
     """onnxruntime's provider list for one graph. The TensorRT provider keeps its engines and
     timing cache under ``cache_root/ort-tensorrt`` (facefusion's set-up) and gets a profile
-    for the dynamic face batch; CUDA runs what TensorRT cannot take."""
+    for the dynamic face batch; CUDA runs what TensorRT cannot take.
+
+    Precision lives in the graph (``ExportOptions.fp16``), never in provider flags: with
+    ``trt_fp16_enable`` off onnxruntime builds a strongly typed TensorRT network (since
+    onnxruntime 1.22, microsoft/onnxruntime#24298), which keeps the FP32 normalisations of the
+    mixed FP16 graph where its FP16 flag would let TensorRT pick FP16 anywhere."""
     device = str(options.device_id)
     cuda: ProviderList = [("CUDAExecutionProvider", {"device_id": device})]
     if provider == "cpu":
@@ -418,7 +441,7 @@ def ort_providers(
     ort_cache = str(cache_root / "ort-tensorrt")
     trt_options = {
         "device_id": device,
-        "trt_fp16_enable": "True" if fp16 else "False",
+        "trt_fp16_enable": "False",
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": ort_cache,
         "trt_timing_cache_enable": "True",
@@ -449,7 +472,6 @@ class OnnxRuntimeBackend:
         exported: ExportedModel,
         provider: OrtProvider,
         options: BackendOptions,
-        fp16: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -457,7 +479,6 @@ class OnnxRuntimeBackend:
         self._config = exported.config
         self._provider = provider
         self._exported = exported
-        self._fp16 = fp16
         cache = EngineCache(options.cache_dir)
         self._speaker = self._session(exported.speaker, options, cache)
         self._inpaint = self._session(exported.inpaint, options, cache)
@@ -465,7 +486,7 @@ class OnnxRuntimeBackend:
 
     @property
     def name(self) -> str:
-        suffix = "-fp16" if self._fp16 else ""
+        suffix = "-fp16" if self._exported.inpaint.precision == "fp16" else ""
         return f"onnxruntime-{self._provider}{suffix}"
 
     @property
@@ -511,7 +532,7 @@ class OnnxRuntimeBackend:
             session_options.intra_op_num_threads = options.threads
             session_options.inter_op_num_threads = 1
         session_options.log_severity_level = 3  # errors only: fallbacks are checked below
-        providers = ort_providers(self._provider, graph, options, cache.root, self._fp16)
+        providers = ort_providers(self._provider, graph, options, cache.root)
         try:
             if self._provider == "tensorrt":
                 # onnxruntime builds and caches TensorRT engines itself: one process at a time.
@@ -562,12 +583,14 @@ class OnnxRuntimeFactory:
 
     def create(self, model: Generator, options: BackendOptions) -> Backend:
         fp16 = False
-        if self.provider == "tensorrt":
+        if self.provider in ("tensorrt", "cuda"):
+            # The GPU providers run the mixed FP16 graph where the GPU has fast FP16, the same
+            # graph the native TensorRT backend builds from.
             from engines.tensorrt import gpu_info, has_fast_fp16, resolve_precision
 
             fast = torch.cuda.is_available() and has_fast_fp16(
                 gpu_info(options.device_id).compute_capability
             )
             fp16 = resolve_precision(options.precision, fast) == "fp16"
-        exported = export_cached(model, EngineCache(options.cache_dir))
-        return OnnxRuntimeBackend(exported, self.provider, options, fp16=fp16)
+        exported = export_cached(model, EngineCache(options.cache_dir), ExportOptions(fp16=fp16))
+        return OnnxRuntimeBackend(exported, self.provider, options)

@@ -13,6 +13,11 @@ The face batch ``B`` is dynamic; the speaker batch is fixed at 1 because one spe
 shared by every face of a batch (broadcast inside the graph), which keeps TensorRT profiles to
 one dynamic axis. Names, the graph kind and the model config are written into each file's
 ``metadata_props`` so exporter and runtime agree on what a file holds.
+
+``ExportOptions(fp16=True)`` writes the mixed FP16 form of both graphs (``engines.fp16``:
+FP16 weights and activations, normalisations and reductions in FP32 behind explicit casts,
+FP32 inputs and outputs): the graph TensorRT builds strongly typed FP16 engines from, and
+that onnxruntime's TensorRT and CUDA providers run for FP16.
 """
 
 from __future__ import annotations
@@ -34,14 +39,14 @@ from torch import Tensor, nn
 
 from avinpaint.config import ModelConfig
 from avinpaint.model import Generator, SpeakerFeatures
-from engines.cache import EngineCache
+from engines.cache import EngineCache, Precision
 
 GraphName = Literal["speaker", "inpaint"]
 
 OPSET = 17
 """ONNX opset: supported by onnxruntime >= 1.14 and TensorRT 10's parser."""
 
-EXPORT_FORMAT_VERSION = "1"
+EXPORT_FORMAT_VERSION = "2"
 """Bumped when names, inputs or outputs of the graphs change: part of every cache key."""
 
 BATCH_AXIS = "batch"
@@ -73,10 +78,17 @@ class GraphSpec:
 @dataclass(frozen=True)
 class ExportOptions:
     """Optional outputs. ``audio_face`` (speaker graph) is only needed by training losses;
-    ``identity_code`` (inpaint graph) is I_c, for identity metrics and debugging."""
+    ``identity_code`` (inpaint graph) is I_c, for identity metrics and debugging. ``fp16``:
+    the mixed FP16 graphs (``engines.fp16``) instead of FP32."""
 
     audio_face: bool = False
     identity_code: bool = True
+    fp16: bool = False
+
+    @property
+    def precision(self) -> Precision:
+        """``fp16`` or ``fp32``: what the graphs compute in."""
+        return "fp16" if self.fp16 else "fp32"
 
 
 def speaker_spec(options: ExportOptions = ExportOptions()) -> GraphSpec:
@@ -98,6 +110,7 @@ class ExportedGraph:
     spec: GraphSpec
     path: Path
     sha256: str
+    precision: Precision = "fp32"
 
 
 @dataclass(frozen=True)
@@ -189,8 +202,9 @@ def export_speaker(
     _require_eval(model)
     spec = speaker_spec(options)
     example = torch.from_numpy(example_speaker_input(model.config))
-    _export(SpeakerGraph(model, options.audio_face).eval(), (example,), spec, model.config, path)
-    return ExportedGraph(spec, path, file_sha256(path))
+    graph = SpeakerGraph(model, options.audio_face).eval()
+    _export(graph, (example,), spec, model.config, path, options.precision)
+    return ExportedGraph(spec, path, file_sha256(path), options.precision)
 
 
 def export_inpaint(
@@ -206,8 +220,9 @@ def export_inpaint(
     # no-op the tracer could fold away.
     face, mask = (torch.from_numpy(a) for a in example_faces(model.config, batch=2))
     inputs = (face, mask, *features[:5])
-    _export(InpaintGraph(model, options.identity_code).eval(), inputs, spec, model.config, path)
-    return ExportedGraph(spec, path, file_sha256(path))
+    graph = InpaintGraph(model, options.identity_code).eval()
+    _export(graph, inputs, spec, model.config, path, options.precision)
+    return ExportedGraph(spec, path, file_sha256(path), options.precision)
 
 
 def export_model(
@@ -231,6 +246,7 @@ class ExportKey:
     config_json: str
     audio_face: bool
     identity_code: bool
+    fp16: bool = False
     opset: int = OPSET
     format_version: str = EXPORT_FORMAT_VERSION
     torch_version: str = torch.__version__
@@ -247,6 +263,7 @@ class ExportKey:
             "config": self.config_json,
             "audio_face": self.audio_face,
             "identity_code": self.identity_code,
+            "fp16": self.fp16,
             "opset": self.opset,
             "format_version": self.format_version,
             "torch_version": self.torch_version,
@@ -260,6 +277,7 @@ def export_key(model: Generator, options: ExportOptions = ExportOptions()) -> Ex
         config_json=json.dumps(model.config.to_dict(), sort_keys=True),
         audio_face=options.audio_face,
         identity_code=options.identity_code,
+        fp16=options.fp16,
     )
 
 
@@ -275,7 +293,11 @@ def export_cached(
 
 def _export_files(model: Generator, directory: Path, options: ExportOptions) -> dict[str, str]:
     exported = export_model(model, directory, options)
-    return {"graph": "speaker+inpaint", "speaker_sha256": exported.speaker.sha256}
+    return {
+        "graph": "speaker+inpaint",
+        "precision": options.precision,
+        "speaker_sha256": exported.speaker.sha256,
+    }
 
 
 def load_exported(directory: Path) -> ExportedModel:
@@ -287,6 +309,8 @@ def load_exported(directory: Path) -> ExportedModel:
     inpaint_config, inpaint_graph = inpaint
     if speaker_config != inpaint_config:
         raise ValueError(f"{directory}: speaker and inpaint graphs come from different configs")
+    if speaker_graph.precision != inpaint_graph.precision:
+        raise ValueError(f"{directory}: speaker and inpaint graphs have different precisions")
     if speaker_graph.spec.name != "speaker" or inpaint_graph.spec.name != "inpaint":
         raise ValueError(f"{directory}: speaker.onnx / inpaint.onnx hold the wrong graphs")
     return ExportedModel(speaker_config, speaker_graph, inpaint_graph)
@@ -309,11 +333,15 @@ def read_graph(path: Path) -> tuple[ModelConfig, ExportedGraph]:
             outputs=tuple(meta["outputs"]),
             dynamic=tuple(meta["dynamic"]),
         )
+        # Exports of format 1 predate FP16 graphs: all FP32.
+        precision = meta.get("precision", "fp32")
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path} is not an avstream graph export: {exc}") from exc
     if spec.name not in ("speaker", "inpaint"):
         raise ValueError(f"{path}: unknown graph {spec.name!r}")
-    return config, ExportedGraph(spec, path, file_sha256(path))
+    if precision not in ("fp16", "fp32"):
+        raise ValueError(f"{path}: unknown precision {precision!r}")
+    return config, ExportedGraph(spec, path, file_sha256(path), precision)
 
 
 def max_relative_error(actual: npt.ArrayLike, expected: npt.ArrayLike) -> float:
@@ -360,8 +388,11 @@ def _export(
     spec: GraphSpec,
     config: ModelConfig,
     path: Path,
+    precision: Precision = "fp32",
 ) -> None:
     import onnx
+
+    from engines.fp16 import count_fp32_nodes, to_mixed_fp16
 
     partial = path.with_name(f".{path.name}.partial.{os.getpid()}")
     try:
@@ -379,6 +410,8 @@ def _export(
                 dynamo=False,
             )
         proto = onnx.load(str(partial))
+        if precision == "fp16":
+            proto = to_mixed_fp16(proto)
         graph_meta = {
             "name": spec.name,
             "inputs": list(spec.inputs),
@@ -386,6 +419,9 @@ def _export(
             "dynamic": list(spec.dynamic),
             "format_version": EXPORT_FORMAT_VERSION,
             "opset": OPSET,
+            "precision": precision,
+            # Normalisation and reduction nodes: the ones an FP16 graph keeps in FP32.
+            "fp32_nodes": count_fp32_nodes(proto),
         }
         onnx.helper.set_model_props(
             proto,

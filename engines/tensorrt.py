@@ -1,17 +1,24 @@
-"""TensorRT 10: build FP16 engines from the exported ONNX graphs, cache them, run them.
+"""TensorRT 10 and 11: build engines from the exported ONNX graphs, cache them, run them.
 
-Written against the documented TensorRT 10 Python API and **never run**: TensorRT does not
+Written against the TensorRT 10 and 11 Python APIs and **never run**: TensorRT does not
 install on our development machines (no GPU, and its libraries come only from NVIDIA's
 index). The module imports without TensorRT; everything that needs it goes through
-``load_tensorrt()``, which raises ``TensorRTUnavailableError`` with the reason.
+``load_tensorrt()``, which raises ``TensorRTUnavailableError`` with the reason. Every
+TensorRT name it uses is listed in ``TENSORRT_API`` and checked against the 10.x and 11.x
+bindings' own strings (``tests/test_tensorrt_api.py``).
 
-Build (``build_engine``): ONNX parser (native InstanceNorm) -> network; FP16 where the GPU has
-fast FP16, with the normalisation and reduction layers pinned to FP32
-(``OBEY_PRECISION_CONSTRAINTS``: instance-norm statistics over 64k pixels overflow or lose
-precision in FP16); one optimisation profile for the face batch 1..N; a persistent timing
-cache per TensorRT version and GPU type. Engines are written with a metadata header
-(``write_engine_file``) so that the runtime checks it got the graph, precision, TensorRT
-version and GPU it expects, and are cached by ``EngineKey`` (``engines.cache``).
+Build (``build_engine``): precision lives in the graph. An FP16 engine is built from the
+mixed FP16 export (``engines.fp16``: normalisations and reductions in FP32 behind explicit
+casts, because instance-norm statistics over 64k pixels overflow or lose precision in FP16),
+an FP32 engine from the FP32 export; the network is strongly typed
+(``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, the only mode of TensorRT 11, where the
+flag is kept and ignored), so TensorRT runs each tensor in the type the graph gives it. No
+``BuilderFlag.FP16``, ``OBEY_PRECISION_CONSTRAINTS`` or per-layer precision: 11.x removed
+them. ONNX parser with the native InstanceNorm; one optimisation profile for the face batch
+1..N; a persistent timing cache per TensorRT version and GPU type. Engines are written with a
+metadata header (``write_engine_file``) so that the runtime checks it got the graph,
+precision, TensorRT version and GPU it expects, and are cached by ``EngineKey``
+(``engines.cache``).
 
 Run (``TensorRTEngine``): tensor-address API (``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``) on a private CUDA stream; buffers are torch CUDA tensors (torch is a
@@ -64,8 +71,11 @@ from engines.export import (
     MASK,
     SPEAKER_INPUT,
     ExportedGraph,
+    ExportOptions,
     export_cached,
+    read_graph,
 )
+from engines.fp16 import count_fp32_nodes
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +83,69 @@ ENGINE_FILE = "engine.plan"
 ENGINE_MAGIC = b"AVSTRT01"
 """First bytes of our engine files: magic, then a uint32 (LE) JSON length, JSON, the plan."""
 
-ENGINE_FORMAT_VERSION = 1
+ENGINE_FORMAT_VERSION = 2
+"""2: engines built strongly typed from the graph's own precision (1: builder flags)."""
 
-FP32_LAYER_TYPES = frozenset({"NORMALIZATION", "REDUCE"})
-"""TensorRT layer types kept in FP32 in an FP16 engine: instance norm (NORMALIZATION with the
-native parser flag), and the reductions behind the AVFF global pooling and the L2 norm of
-the speaker embedding (REDUCE). Everything else may run in FP16."""
+SUPPORTED_MAJORS: tuple[int, ...] = (10, 11)
+"""TensorRT major versions this module is written for: one code path for both."""
 
-EXPECTED_MAJOR = 10
+TENSORRT_API: frozenset[str] = frozenset(
+    {
+        "__version__",
+        "Builder",
+        "Builder.create_network",
+        "Builder.create_builder_config",
+        "Builder.create_optimization_profile",
+        "Builder.build_serialized_network",
+        "NetworkDefinitionCreationFlag.STRONGLY_TYPED",
+        "INetworkDefinition.num_inputs",
+        "INetworkDefinition.get_input",
+        "ITensor.shape",
+        "ITensor.name",
+        "OnnxParser",
+        "OnnxParser.set_flag",
+        "OnnxParser.parse_from_file",
+        "OnnxParser.num_errors",
+        "OnnxParser.get_error",
+        "OnnxParserFlag.NATIVE_INSTANCENORM",
+        "IBuilderConfig.set_memory_pool_limit",
+        "IBuilderConfig.clear_flag",
+        "IBuilderConfig.add_optimization_profile",
+        "IBuilderConfig.create_timing_cache",
+        "IBuilderConfig.set_timing_cache",
+        "IBuilderConfig.get_timing_cache",
+        "IOptimizationProfile.set_shape",
+        "ITimingCache.serialize",
+        "MemoryPoolType.WORKSPACE",
+        "BuilderFlag.TF32",
+        "ILogger",
+        "ILogger.__init__",
+        "ILogger.log",
+        "ILogger.Severity",
+        "ILogger.Severity.INTERNAL_ERROR",
+        "ILogger.Severity.ERROR",
+        "ILogger.Severity.WARNING",
+        "Runtime",
+        "Runtime.deserialize_cuda_engine",
+        "ICudaEngine.create_execution_context",
+        "ICudaEngine.num_io_tensors",
+        "ICudaEngine.get_tensor_name",
+        "ICudaEngine.get_tensor_mode",
+        "ICudaEngine.get_tensor_dtype",
+        "TensorIOMode.INPUT",
+        "IExecutionContext.set_input_shape",
+        "IExecutionContext.set_tensor_address",
+        "IExecutionContext.get_tensor_shape",
+        "IExecutionContext.execute_async_v3",
+        "float32",
+        "float16",
+        "int32",
+        "int64",
+        "bool",
+    }
+)
+"""Every TensorRT name this module uses, as ``Class.member`` (``trt.`` omitted): checked
+against the 10.x and 11.x bindings by ``tests/test_tensorrt_api.py``."""
 
 
 class TensorRTUnavailableError(BackendError):
@@ -108,13 +173,19 @@ def load_tensorrt() -> Any:
             f"the tensorrt Python package is not installed ({exc.msg}); on an NVIDIA GPU host: "
             "pip install 'avstream[tensorrt]'"
         ) from exc
-    major = str(getattr(trt, "__version__", "0")).split(".")[0]
-    if major != str(EXPECTED_MAJOR):
+    version = str(getattr(trt, "__version__", "0"))
+    if not supported_version(version):
+        majors = " and ".join(str(m) for m in SUPPORTED_MAJORS)
         raise TensorRTUnavailableError(
-            f"TensorRT {trt.__version__} is installed; this code is written for TensorRT "
-            f"{EXPECTED_MAJOR} (FP16 builder flags were removed in 11)"
+            f"TensorRT {version} is installed; this code is written for TensorRT {majors}"
         )
     return trt
+
+
+def supported_version(version: str) -> bool:
+    """Whether a TensorRT version string (``10.16.1.11``) has a major in ``SUPPORTED_MAJORS``."""
+    major = version.split(".")[0]
+    return major.isdigit() and int(major) in SUPPORTED_MAJORS
 
 
 def unavailable_reason(device_id: int = 0) -> str | None:
@@ -166,11 +237,6 @@ def resolve_precision(requested: RequestedPrecision, fast_fp16: bool) -> Precisi
     if requested == "fp16":
         raise PrecisionError("this GPU has no fast FP16; use --precision fp32 or auto")
     return "fp32"
-
-
-def keeps_fp32(layer_type_name: str) -> bool:
-    """Whether a TensorRT layer of this type (``trt.LayerType`` name) is pinned to FP32."""
-    return layer_type_name in FP32_LAYER_TYPES
 
 
 def profile_shapes(
@@ -266,7 +332,8 @@ def read_engine_file(path: Path) -> tuple[EngineMetadata, bytes]:
 
 @dataclass(frozen=True)
 class BuildResult:
-    """A serialised engine, the updated timing cache and how many layers were pinned to FP32."""
+    """A serialised engine, the updated timing cache, and how many normalisation and reduction
+    nodes the graph keeps in FP32 (0 for an FP32 engine)."""
 
     plan: bytes
     timing_cache: bytes
@@ -285,29 +352,31 @@ def build_engine(
     timing_cache: bytes,
     workspace_bytes: int,
 ) -> BuildResult:
-    """Build a TensorRT engine from an exported graph. Never run (see the module docstring)."""
+    """Build a TensorRT engine from an exported graph whose precision (``read_graph``) is
+    ``precision``. Never run (see the module docstring)."""
+    graph_precision = read_graph(onnx_path)[1].precision
+    if graph_precision != precision:
+        raise EngineBuildError(
+            f"{onnx_path.name} is an {graph_precision} graph, not the {precision} one asked for"
+        )
     trt = load_tensorrt()
     logger = _logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    # Strongly typed: every tensor runs in the type the graph gives it (the mixed FP16 export
+    # keeps normalisations in FP32). TensorRT 11 is always strongly typed and ignores the flag.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    # The native layer (INormalizationLayer) rather than the InstanceNormalization plugin,
-    # so the layer can be pinned to FP32 below.
+    # The native layer (INormalizationLayer) rather than the InstanceNormalization plugin:
+    # it computes in the type of its input, FP32 behind the graph's casts.
     parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT could not parse {onnx_path.name}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    pinned = 0
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        # Without OBEY, TensorRT treats the per-layer precisions below as hints only.
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pinned = _pin_fp32_layers(trt, network)
-    else:
+    builder_config = builder.create_builder_config()
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if precision == "fp32":
         # TF32 is on by default on Ampere and later; "fp32" means FP32.
-        config.clear_flag(trt.BuilderFlag.TF32)
+        builder_config.clear_flag(trt.BuilderFlag.TF32)
     dynamic = [
         network.get_input(i)
         for i in range(network.num_inputs)
@@ -315,33 +384,27 @@ def build_engine(
     ]
     if dynamic:
         optimisation = builder.create_optimization_profile()
-        for tensor in dynamic:
-            low, opt, high = profile_shapes(tuple(tensor.shape), profile)
-            optimisation.set_shape(tensor.name, low, opt, high)
-        config.add_optimization_profile(optimisation)
-    cache = config.create_timing_cache(timing_cache)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    plan = builder.build_serialized_network(network, config)
+        for network_input in dynamic:
+            low, opt, high = profile_shapes(tuple(network_input.shape), profile)
+            optimisation.set_shape(network_input.name, low, opt, high)
+        builder_config.add_optimization_profile(optimisation)
+    timing = builder_config.create_timing_cache(timing_cache)
+    builder_config.set_timing_cache(timing, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, builder_config)
     if plan is None:
         raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path.name}")
-    updated = config.get_timing_cache().serialize()
-    return BuildResult(bytes(memoryview(plan)), bytes(memoryview(updated)), pinned)
+    updated = builder_config.get_timing_cache().serialize()
+    fp32_nodes = fp32_node_count(onnx_path) if precision == "fp16" else 0
+    log.info("TensorRT %s: %d normalisation/reduction nodes in FP32", precision, fp32_nodes)
+    return BuildResult(bytes(memoryview(plan)), bytes(memoryview(updated)), fp32_nodes)
 
 
-def _pin_fp32_layers(trt: Any, network: Any) -> int:
-    pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        # Only float layers: a reduction over an integer shape tensor keeps its type.
-        floating = all(t.dtype == trt.float32 for t in outputs)
-        if keeps_fp32(layer.type.name) and floating:
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-            pinned += 1
-    log.info("TensorRT: %d normalisation/reduction layers kept in FP32", pinned)
-    return pinned
+def fp32_node_count(onnx_path: Path) -> int:
+    """The normalisation and reduction nodes of an exported graph (``engines.fp16``): those a
+    mixed FP16 graph computes in FP32."""
+    import onnx
+
+    return count_fp32_nodes(onnx.load(str(onnx_path), load_external_data=False))
 
 
 @functools.cache
@@ -592,7 +655,8 @@ def build_engines(
     gpu = gpu_info(options.device_id)
     precision = resolve_precision(options.precision, has_fast_fp16(gpu.compute_capability))
     cache = EngineCache(options.cache_dir)
-    exported = export_cached(model, cache)
+    # The graph carries the precision: the mixed FP16 export for FP16 engines.
+    exported = export_cached(model, cache, ExportOptions(fp16=precision == "fp16"))
     workspace = options.workspace_mib * 1024 * 1024
     speaker = ensure_engine(
         cache,

@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
-from engines.cli import (
+from stream.composite import FEATHER_PX
+from stream.engines_cli import (
     add_backend_arguments,
     add_engines_subparser,
     open_model_inpainter,
     run_engines,
 )
-from stream.composite import FEATHER_PX
 from stream.errors import AvstreamError, InputError, UsageError
 from stream.inpaint import Inpainter, OpenCVInpainter, OpenCVMethod
 from stream.media import EncodeOptions

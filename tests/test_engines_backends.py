@@ -152,10 +152,12 @@ def test_onnxruntime_tensorrt_provider_setup(tmp_path: Path) -> None:
     spec = inpaint_spec()
     graph = ExportedGraph(spec, tmp_path / "inpaint.onnx", "ab" * 32)
     options = BackendOptions(cache_dir=tmp_path, max_batch=8)
-    providers = ort_providers("tensorrt", graph, options, tmp_path, fp16=True)
+    graph = ExportedGraph(spec, tmp_path / "inpaint.onnx", "ab" * 32, precision="fp16")
+    providers = ort_providers("tensorrt", graph, options, tmp_path)
     assert [p for p, _ in providers] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     trt = providers[0][1]
-    assert trt["trt_fp16_enable"] == "True"
+    # Precision is in the graph: without the FP16 flag onnxruntime builds strongly typed.
+    assert trt["trt_fp16_enable"] == "False"
     assert trt["trt_engine_cache_enable"] == "True"
     assert trt["trt_timing_cache_enable"] == "True"
     assert trt["trt_engine_cache_path"] == str(tmp_path / "ort-tensorrt")
@@ -164,8 +166,20 @@ def test_onnxruntime_tensorrt_provider_setup(tmp_path: Path) -> None:
     speaker = ExportedGraph(
         GraphSpec("speaker", ("speaker_input",), ("embedding",), ()), tmp_path / "s", "cd" * 32
     )
-    speaker_trt = ort_providers("tensorrt", speaker, options, tmp_path, fp16=False)[0][1]
+    speaker_trt = ort_providers("tensorrt", speaker, options, tmp_path)[0][1]
     assert "trt_profile_min_shapes" not in speaker_trt  # static shapes need no profile
-    assert ort_providers("cpu", graph, options, tmp_path, fp16=False) == [
-        ("CPUExecutionProvider", {})
-    ]
+    assert ort_providers("cpu", graph, options, tmp_path) == [("CPUExecutionProvider", {})]
+
+
+def test_torch_autocast_is_close_to_fp32_and_named(model: Generator) -> None:
+    speaker_input = example_speaker_input(model.config, seed=7)
+    face, mask = example_faces(model.config, 1, seed=8)
+    with TorchBackend(model, "cpu") as fp32, TorchBackend(model, "cpu", torch.bfloat16) as bf16:
+        assert (fp32.name, bf16.name) == ("torch-cpu", "torch-cpu-bf16")
+        want = fp32.inpaint(face, mask, fp32.speaker_features(speaker_input)).inpainted
+        got = bf16.inpaint(face, mask, bf16.speaker_features(speaker_input)).inpainted
+    assert got.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: about 1e-2 relative, never the FP32 result itself.
+    assert 1e-5 < max_relative_error(got, want) < 5e-2
+    with pytest.raises(ValueError, match="autocast"):
+        TorchBackend(model, "cpu", torch.int8)

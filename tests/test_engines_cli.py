@@ -15,7 +15,7 @@ from avinpaint.checkpoint import save
 from avinpaint.config import preset
 from avinpaint.model import Generator
 from engines.backends import BACKEND_NAMES, PREFERENCES
-from engines.cli import (
+from stream.engines_cli import (
     BACKEND_CHOICES,
     add_backend_arguments,
     add_engines_subparser,
@@ -57,7 +57,7 @@ def test_build_list_clean(checkpoint: Path, tmp_path: Path) -> None:
     cache = ["--engine-cache", str(tmp_path)]
     assert "no cached graphs" in _run("list", *cache)
     built = _run("build", "--model", str(checkpoint), "--onnx-only", *cache)
-    assert built.startswith("onnx: ") and "inpaint.onnx" in built
+    assert built.startswith("onnx fp32: ") and "inpaint.onnx" in built
     assert _run("build", "--model", str(checkpoint), "--onnx-only", *cache) == built  # cached
     listing = _run("list", *cache)
     assert listing.startswith("onnx") and "speaker+inpaint" in listing
@@ -66,6 +66,17 @@ def test_build_list_clean(checkpoint: Path, tmp_path: Path) -> None:
     assert _run("clean", "--kind", "tensorrt", *cache).startswith("removed 0 item(s)")
     assert _run("clean", *cache).startswith("removed 1 item(s)")
     assert "no cached graphs" in _run("list", *cache)
+
+
+def test_build_fp16_exports_both_graphs(checkpoint: Path, tmp_path: Path) -> None:
+    cache = ["--engine-cache", str(tmp_path)]
+    built = _run("build", "--model", str(checkpoint), "--onnx-only", "--precision", "fp16", *cache)
+    assert [line.split(":")[0] for line in built.splitlines()] == ["onnx fp32", "onnx fp16"]
+    rows = json.loads(_run("list", "--json", *cache))
+    sizes = {row["info"]["precision"]: row["size_bytes"] for row in rows}
+    assert sorted(sizes) == ["fp16", "fp32"]
+    assert 0.45 < sizes["fp16"] / sizes["fp32"] < 0.55  # FP16 weights: half the bytes
+    assert " fp16 " in _run("list", *cache)
 
 
 def test_build_without_tensorrt_says_why(checkpoint: Path, tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ import pytest
 from test_engines_model_inpainter import LITE, CountingBackend
 
 from engines.backends import Array, InpaintArrays, SpeakerArrays
-from engines.cli import open_model_inpainter, parse_backend_arguments
 from stream.align import align_face
 from stream.detect import FaceDetector
+from stream.engines_cli import open_model_inpainter, parse_backend_arguments
 from stream.guard import GuardOptions, check_fill, safe_fill
 from stream.model_inpainter import ModelInpainter
 from stream.occlusion import FixedRegion
@@ -151,7 +151,7 @@ def test_no_guard_option_turns_the_guard_off(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr("stream.model_inpainter.ModelInpainter", Spy)
     monkeypatch.setattr("engines.backends.select_backend", lambda *a, **k: Selection())
-    monkeypatch.setattr("engines.cli._load_model", lambda name: None)
+    monkeypatch.setattr("stream.engines_cli._load_model", lambda name: None)
     open_model_inpainter(parse_backend_arguments([]))
     open_model_inpainter(parse_backend_arguments(["--no-guard"]))
     assert made[0]["guard"] == GuardOptions() and made[1]["guard"] is None

@@ -25,10 +25,10 @@ from helpers import audio_packets, video_frames, video_times
 
 from avinpaint.checkpoint import load
 from engines.backends import BackendOptions, select_backend
-from engines.cli import open_model_inpainter
 from stream.audio import read_audio_16k
 from stream.cli import main
 from stream.client import FrameClient
+from stream.engines_cli import open_model_inpainter
 from stream.model_inpainter import NEUTRAL_WINDOW, ModelInpainter
 from stream.service import FrameService, serve
 from stream.testclip import ClipSpec, ClipTruth, make_talking_head_clip

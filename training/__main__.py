@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_eval(commands)
     _add_export(commands)
+    _add_pack(commands)
     return parser
 
 
@@ -385,6 +386,54 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 _RESERVED = frozenset({"format", "format_version", "config", "precision"})
+
+
+def _add_pack(commands: argparse._SubParsersAction[_Parser]) -> None:
+    from training.pack import PackOptions
+
+    defaults = PackOptions()
+    p = commands.add_parser(
+        "pack",
+        help="cut a prepared dataset down to a size budget (to carry it to a GPU machine)",
+        description="Copy one split of a prepared dataset into a new folder of at most "
+        "--max-mib: a seeded uniform sample of its crops as JPEG, "
+        "their psi rows, the speech records and GE2E d-vectors (not the speech samples: "
+        "GE2E models only). See training/pack.py.",
+    )
+    p.add_argument("dataset", type=Path, help="prepared dataset")
+    p.add_argument("-o", "--output", type=Path, required=True, help="new folder to write")
+    p.add_argument(
+        "--max-mib",
+        type=float,
+        default=defaults.max_bytes / 2**20,
+        help="size budget of the whole folder (default %(default)s)",
+    )
+    p.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=defaults.jpeg_quality,
+        help="JPEG quality of the crops; 0 keeps PNG (default %(default)s)",
+    )
+    p.add_argument("--split", choices=["train", "test"], default=defaults.split)
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the crop sample")
+    p.set_defaults(run=_run_pack)
+
+
+def _run_pack(args: argparse.Namespace) -> int:
+    from training.pack import PackOptions, pack_dataset
+
+    try:
+        options = PackOptions(
+            max_bytes=int(args.max_mib * 2**20),
+            jpeg_quality=args.jpeg_quality,
+            split=args.split,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    summary = pack_dataset(args.dataset, args.output, options, progress=True)
+    print(f"packed {summary.line()} -> {args.output}")
+    return 0
 
 
 def _alias(text: str) -> tuple[str, str]:

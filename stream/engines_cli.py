@@ -2,6 +2,9 @@
 of every command that runs the model. ``stream.cli`` wires these in; this module prints only
 from ``run_engines`` and turns library errors into ``stream.errors`` exceptions, which the
 CLI reports as one line with exit code 1 (failure) or 2 (bad usage).
+
+It lives in ``stream``, not ``engines``: opening a model for the CLI needs ``ModelInpainter``
+and the CLI's errors, and the runtime layer must not import the video layer above it.
 """
 
 from __future__ import annotations
@@ -205,7 +208,7 @@ def _load_model(name_or_path: str) -> Generator:
 
 def _build(args: argparse.Namespace, out: TextIO) -> None:
     from engines.backends import BackendError
-    from engines.export import export_cached
+    from engines.export import ExportOptions, export_cached
     from engines.tensorrt import build_engines, unavailable_reason
 
     options = backend_options(args)
@@ -218,8 +221,18 @@ def _build(args: argparse.Namespace, out: TextIO) -> None:
             )
     model = _load_model(args.model)
     try:
-        exported = export_cached(model, EngineCache(options.cache_dir))
-        print(f"onnx: {exported.speaker.path} and {exported.inpaint.path.name}", file=out)
+        # The FP32 graphs always (onnxruntime on the CPU); the mixed FP16 ones as well when
+        # FP16 is asked for (the GPU providers and TensorRT build from those).
+        variants = [False, True] if options.precision == "fp16" else [False]
+        for fp16 in variants:
+            exported = export_cached(
+                model, EngineCache(options.cache_dir), ExportOptions(fp16=fp16)
+            )
+            precision = exported.inpaint.precision
+            print(
+                f"onnx {precision}: {exported.speaker.path} and {exported.inpaint.path.name}",
+                file=out,
+            )
         if not args.onnx_only:
             speaker, inpaint, precision, gpu = build_engines(model, options)
             print(f"tensorrt {precision} for {gpu.name}: {speaker}", file=out)
@@ -252,7 +265,7 @@ def _list(args: argparse.Namespace, out: TextIO) -> None:
     for e in entries:
         created = datetime.datetime.fromtimestamp(e.created_unix).strftime("%Y-%m-%d %H:%M")
         what = e.info.get("graph", "?")
-        detail = ""
+        detail = f" {e.info.get('precision', 'fp32')}" if e.kind == "onnx" else ""
         if e.kind == "tensorrt":
             detail = (
                 f" {e.key.get('precision')} batch {e.key.get('profile')} "

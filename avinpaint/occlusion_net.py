@@ -29,10 +29,11 @@ from torch import Tensor, nn
 FORMAT = "avinpaint.occlusion_net"
 """Value of the ``format`` metadata key: tells these files from other safetensors files."""
 
-SHIPPED_NAME = "occlusion_v2"
-"""Base name of the shipped weights: ``avinpaint/weights/occlusion_v2.{safetensors,onnx}``
-(``occlusion_v1`` fine-tuned for small faces in compressed video, masks and hands; see
-docs/MODEL_CARD_occlusion.md)."""
+SHIPPED_NAME = "occlusion_v3"
+"""Base name of the shipped weights: ``avinpaint/weights/occlusion_v3.{safetensors,onnx}``
+(``occlusion_v2``, itself ``occlusion_v1`` fine-tuned for small faces in compressed video,
+masks and hands, fine-tuned again against false flags on clean faces: hard negatives and
+real-video lighting; see docs/MODEL_CARD_occlusion.md)."""
 
 
 class OcclusionNetError(Exception):
@@ -206,7 +207,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def load_occlusion_net(path: Path | None = None) -> OcclusionNet:
-    """The network from a weights file (default: the shipped ``occlusion_v2``), in eval mode.
+    """The network from a weights file (default: the shipped ``occlusion_v3``), in eval mode.
 
     Raises ``OcclusionNetError`` when the file is missing, not ours, or does not fit."""
     path = path if path is not None else shipped_path("safetensors")

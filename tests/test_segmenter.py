@@ -135,7 +135,8 @@ def test_identity_groups_follow_each_collection() -> None:
     assert _group(grid, Path("id2_vcd_swwp2s.mpg")) == _group(grid, Path("GRID/sbia1a.mpg"))
     assert _group("identities/orl", Path("att_faces/s7/3.pgm")) == "orl:s7"
     frl = "faces/face_research_lab"
-    assert _group(frl, Path("london/001_neutral.jpg")) == _group(frl, Path("london/001_smiling.jpg"))
+    neutral, smiling = Path("london/001_neutral.jpg"), Path("london/001_smiling.jpg")
+    assert _group(frl, neutral) == _group(frl, smiling)
     assert _group(frl, Path("lisa/15cm.jpg")) == _group(frl, Path("lisa/lisa2.jpg"))
     more = "talking_heads/more"
     a, b = Path("cremad/cremad_1001_DFA_ANG_XX.mp4"), Path("cremad/cremad_1001_DFA_SAD_XX.mp4")

@@ -55,6 +55,7 @@ from stream.align import align_face
 from stream.detect import DetectorOptions, FaceDetector
 from stream.mask_detect import FaceCoverage, MaskDetectOptions, MaskDetector
 from stream.types import FaceDetection
+from training.augment import draw_glasses, side_light, specular_highlight
 from training.masks import (
     FaceMaskShape,
     FreeFormStrokes,
@@ -64,7 +65,6 @@ from training.masks import (
     Scribble,
     ShapeGenerator,
 )
-from training.augment import draw_glasses, side_light, specular_highlight
 from training.occluders import OccluderRenderer
 
 log = logging.getLogger("training.segmenter")
@@ -1101,6 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--out", type=Path, required=True)
     ev.add_argument("--weights", type=Path, help=".onnx to evaluate (default: the shipped one)")
     ev.add_argument("--covered-fraction", type=float, default=MaskDetectOptions.covered_fraction)
+    ev.add_argument("--pixel-threshold", type=float, default=MaskDetectOptions.pixel_threshold)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -1135,7 +1136,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         export_run(args.run, args.out, args.name, metadata)
     elif args.command == "evaluate":
-        options = MaskDetectOptions(weights=args.weights, covered_fraction=args.covered_fraction)
+        options = MaskDetectOptions(
+            weights=args.weights,
+            covered_fraction=args.covered_fraction,
+            pixel_threshold=args.pixel_threshold,
+        )
         metrics = evaluate(args.data, args.faces, args.out, options)
         print(json.dumps(metrics, indent=1))
     return 0

@@ -6,10 +6,16 @@ the same run, each job in a fresh process, interleaved, medians over ``--runs``.
 
     python -m bench.process                    # a generated 10 s 640x480 clip, Telea
     python -m bench.process --input clip.mp4 --runs 5 --inpainter model
+    python -m bench.process --input real.mp4 --paint-mask --inpainter model
 
 ``--inpainter model`` runs the shipped ``lite`` network on onnxruntime (one thread, Poisson
-blending on, hearing the file's speech), as ``avstream process`` does by default. Run it with
-``-m``: as a script, ``bench/engines.py`` would shadow the ``engines`` package.
+blending on, hearing the file's speech), as ``avstream process`` does by default. The region
+is the default's too (``--region detect``: the occlusion segmenter decides, so a clean face
+costs tracking and segmentation only); ``--region paper`` restores the paper's fixed box on
+every face, as v1 did. ``--paint-mask`` first paints a face mask on every face of ``--input``
+(``bench.restore_video.make_masked_clip``), so a real clip has something to restore. The
+provenance sidecar is written, as by default. Run it with ``-m``: as a script,
+``bench/engines.py`` would shadow the ``engines`` package.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 CRF = 18
-PRESET = "veryfast"
+PRESET = "medium"
+"""``avstream process``'s default preset; ``--preset`` for another (both jobs use it)."""
 
 
 def _peak_rss_mb() -> float:
@@ -44,7 +51,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_floor(source: Path, output: Path) -> dict[str, Any]:
+def run_floor(source: Path, output: Path, preset: str = PRESET) -> dict[str, Any]:
     """Plain PyAV: decode every frame and encode it with the same H.264 settings."""
     import av
 
@@ -55,7 +62,7 @@ def run_floor(source: Path, output: Path) -> dict[str, Any]:
         assert vin.time_base is not None
         vin.codec_context.thread_count = 1
         vout = out.add_stream(
-            "libx264", rate=vin.average_rate, options={"crf": str(CRF), "preset": PRESET}
+            "libx264", rate=vin.average_rate, options={"crf": str(CRF), "preset": preset}
         )
         vout.width = vin.codec_context.width
         vout.height = vin.codec_context.height
@@ -71,24 +78,31 @@ def run_floor(source: Path, output: Path) -> dict[str, Any]:
     return {"frames": frames, "wall_s": wall_s, "peak_rss_mb": _peak_rss_mb()}
 
 
-def run_process(source: Path, output: Path, inpainter_name: str) -> dict[str, Any]:
-    """The full avstream pipeline on the paper's box with ``inpainter_name`` (telea or
-    model); the model's start (loading, graph export on first use) is not timed."""
+def run_process(
+    source: Path, output: Path, inpainter_name: str, region: str = "detect", preset: str = PRESET
+) -> dict[str, Any]:
+    """The full avstream pipeline with ``inpainter_name`` (telea or model) on ``region``
+    (detect: the default segmenter; paper: the paper's box on every face); loading the
+    models (and graph export on first use) is not timed."""
     import contextlib
 
     import cv2
 
     from stream.engines_cli import open_model_inpainter, parse_backend_arguments
     from stream.inpaint import Inpainter, OpenCVInpainter
+    from stream.mask_detect import MaskDetector
     from stream.media import EncodeOptions
-    from stream.occlusion import FixedRegion
+    from stream.occlusion import FixedRegion, OcclusionModel
     from stream.pipeline import ProcessOptions, process_file
     from stream.region import box_mask
     from stream.speaker import SpeechWindow
 
     cv2.setNumThreads(1)
     options = ProcessOptions(
-        encode=EncodeOptions(crf=CRF, preset=PRESET, threads=1), decode_threads=1
+        encode=EncodeOptions(crf=CRF, preset=preset, threads=1), decode_threads=1
+    )
+    occlusion: OcclusionModel = (
+        FixedRegion(box_mask()) if region == "paper" else MaskDetector()  # threads=1 default
     )
     with contextlib.ExitStack() as stack:
         inpainter: Inpainter = OpenCVInpainter("telea")
@@ -98,14 +112,13 @@ def run_process(source: Path, output: Path, inpainter_name: str) -> dict[str, An
             model = stack.enter_context(open_model_inpainter(args, threads=1))
             inpainter, sink = model, model.use_speech
         start = time.perf_counter()
-        report = process_file(
-            source, output, inpainter, FixedRegion(box_mask()), options, speaker_sink=sink
-        )
+        report = process_file(source, output, inpainter, occlusion, options, speaker_sink=sink)
         wall_s = time.perf_counter() - start
     return {
         "frames": report.frames_out,
         "wall_s": wall_s,
         "faces": report.faces_restored,
+        "faces_regenerated": report.faces_regenerated,
         "peak_rss_mb": _peak_rss_mb(),
         "stages": {
             name: {"p50_ms": round(s.p50_ms, 3), "p95_ms": round(s.p95_ms, 3), "count": s.count}
@@ -114,18 +127,19 @@ def run_process(source: Path, output: Path, inpainter_name: str) -> dict[str, An
     }
 
 
-def _child(kind: str, source: Path, inpainter: str) -> dict[str, Any]:
+def _child(kind: str, source: Path, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.mp4"
         if kind == "floor":
-            return run_floor(source, out)
-        return run_process(source, out, inpainter)
+            return run_floor(source, out, args.preset)
+        return run_process(source, out, args.inpainter, args.region, args.preset)
 
 
-def _spawn(kind: str, source: Path, inpainter: str) -> dict[str, Any]:
+def _spawn(kind: str, source: Path, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.process", "--child", kind, "--input", str(source)]
+    options = ["--inpainter", args.inpainter, "--region", args.region, "--preset", args.preset]
     done = subprocess.run(
-        [*command, "--inpainter", inpainter],
+        [*command, *options],
         cwd=Path(__file__).resolve().parent.parent,
         check=True,
         capture_output=True,
@@ -152,28 +166,44 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--inpainter", choices=["telea", "model"], default="telea")
+    parser.add_argument(
+        "--region", choices=["detect", "paper"], default="detect", help="default: detect"
+    )
+    parser.add_argument(
+        "--paint-mask", action="store_true", help="paint a face mask on --input first"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the painted mask's seed")
+    parser.add_argument("--preset", default=PRESET, help=f"libx264 preset (default: {PRESET})")
     parser.add_argument("--child", choices=["floor", "process"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child, args.input, args.inpainter)))
+        print(json.dumps(_child(args.child, args.input, args)))
         return 0
+    if args.paint_mask and args.input is None:
+        parser.error("--paint-mask needs --input")
     with tempfile.TemporaryDirectory() as tmp:
         source = args.input or _make_default_clip(Path(tmp), args.duration_s)
+        if args.paint_mask:
+            from bench.restore_video import make_masked_clip
+
+            source = make_masked_clip(source, Path(tmp) / "masked.mp4", args.seed).path
         floors, ours = [], []
         for _ in range(args.runs):  # interleaved, so drift in machine load hits both alike
-            floors.append(_spawn("floor", source, args.inpainter))
-            ours.append(_spawn("process", source, args.inpainter))
+            floors.append(_spawn("floor", source, args))
+            ours.append(_spawn("process", source, args))
     floor_wall = statistics.median(r["wall_s"] for r in floors)
     our_wall = statistics.median(r["wall_s"] for r in ours)
     median_run = sorted(ours, key=lambda r: r["wall_s"])[len(ours) // 2]
     frames = ours[0]["frames"]
     result = {
         "input": str(args.input) if args.input else f"generated {args.duration_s:g} s 640x480",
+        "painted_mask": args.paint_mask,
+        "region": args.region,
         "frames": frames,
         "runs": args.runs,
         "threads": 1,
         "inpainter": args.inpainter,
-        "encoder": {"codec": "libx264", "crf": CRF, "preset": PRESET},
+        "encoder": {"codec": "libx264", "crf": CRF, "preset": args.preset},
         "floor_pyav_transcode": {
             "wall_s_median": round(floor_wall, 3),
             "fps": round(frames / floor_wall, 2),
@@ -184,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             "fps": round(frames / our_wall, 2),
             "peak_rss_mb": round(max(r["peak_rss_mb"] for r in ours), 1),
             "faces": median_run["faces"],
+            "faces_regenerated": median_run["faces_regenerated"],
             "stages": median_run["stages"],
         },
         "ratio_wall_vs_floor": round(our_wall / floor_wall, 2),

@@ -1,8 +1,12 @@
-"""The file pipeline: decode -> track + align -> inpaint + composite -> encode + mux.
+"""The file pipeline: decode -> track + align -> region + reuse decisions -> inpaint ->
+composite -> encode + mux.
 
 Each stage is a thread; bounded queues join them, so memory stays flat on long files and a
 slow stage applies back-pressure instead of buffering the video. Every stage is a single
-FIFO worker, so output order equals input order and no frame is ever dropped.
+FIFO worker, so output order equals input order and no frame is ever dropped. The restore
+work is split in three stages (``stream.restore.plan_frame``, ``inpaint_frame``,
+``composite_frame``) so that the segmenter, the inpainter and the composite of different
+frames overlap on a multi-core machine: the inpainter's stage bounds the throughput.
 """
 
 from __future__ import annotations
@@ -45,10 +49,14 @@ from stream.restore import (
     FaceAnalyser,
     FaceDecision,
     FrameFaces,
+    InpaintedFrame,
+    PlannedFrame,
     RestoredFrame,
     ReuseCache,
     ReuseOptions,
-    restore_frame,
+    composite_frame,
+    inpaint_frame,
+    plan_frame,
 )
 from stream.speaker import SileroVad, SpeakerTrack, SpeechWindow
 from stream.track import TrackerOptions
@@ -359,15 +367,24 @@ def process_file(
     speaker_windows = 0
     reuse = ReuseCache(options.reuse) if options.reuse is not None else None
 
-    def restore(work: FrameFaces) -> RestoredFrame:
+    def plan(work: FrameFaces) -> PlannedFrame:
+        return plan_frame(work, occlusion, reuse)
+
+    def inpaint(planned: PlannedFrame) -> InpaintedFrame:
+        # The speaker sink runs in the inpainter's stage, in frame order, so every fill uses
+        # the window due at its own frame.
         nonlocal speaker_windows
         if speaker_track is not None and speaker_sink is not None:
-            time_s = work.frame.time_s if work.frame.time_s is not None else 0.0
+            frame = planned.work.frame
+            time_s = frame.time_s if frame.time_s is not None else 0.0
             window = speaker_track.advance_to(time_s)
             if window is not None:
                 speaker_sink(window)
                 speaker_windows += 1
-        return restore_frame(work, inpainter, occlusion, options.feather_px, reuse)
+        return inpaint_frame(planned, inpainter)
+
+    def composite(inpainted: InpaintedFrame) -> RestoredFrame:
+        return composite_frame(inpainted, options.feather_px, reuse)
 
     runner = _Runner(queue_size=options.queue_size)
     track_ids: list[tuple[int, ...]] = []
@@ -384,7 +401,9 @@ def process_file(
         try:
             decoded = runner.source("decode", reader)
             analysed = runner.stage("track_align", analyser.analyse, decoded)
-            restored = runner.stage("inpaint_composite", restore, analysed)
+            planned = runner.stage("region", plan, analysed)
+            inpainted = runner.stage("inpaint", inpaint, planned)
+            restored = runner.stage("composite", composite, inpainted)
             for item in runner.drain(restored):
                 assert isinstance(item, RestoredFrame)
                 start = time.perf_counter()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from stream.align import align_face
 from stream.composite import FrameRegion, composite_region, feather, inpaint_hole
@@ -132,28 +133,44 @@ class ReuseOptions:
 
 
 @dataclass
-class _Reused:
-    reference: Image  # the aligned crop the current target was made from
+class _Reference:
+    """What a track's current crop was made from (the decision half of the cache)."""
+
+    crop: npt.NDArray[np.int16]  # the aligned crop the current target was made from
     mask: Mask
+    age: int
+
+
+@dataclass
+class _Shown:
+    """What a track shows (the display half of the cache)."""
+
     target: Image  # the latest regenerated crop
     shown: Image  # what was composited last (differs from target during a cross-fade)
     fade_from: Image
     fade_step: int
-    age: int
 
 
 class ReuseCache:
-    """Per-track memory of restored crops for one stream (see ``ReuseOptions``)."""
+    """Per-track memory of restored crops for one stream (see ``ReuseOptions``).
+
+    Two halves, so that deciding and showing can run in different pipeline stages: the
+    decision half (``reusable``, ``note_reused``, ``note_regenerated``,
+    ``forget_references``) needs only the crops and masks, the display half
+    (``show_reused``, ``show_regenerated``, ``forget_shown``) the inpainter's results. Each
+    half is fed every frame in order by one thread; ``next_reused``, ``regenerated_crop``
+    and ``keep_only`` do both at once."""
 
     def __init__(self, options: ReuseOptions | None = None) -> None:
         self.options = options or ReuseOptions()
-        self._tracks: dict[int, _Reused] = {}
+        self._references: dict[int, _Reference] = {}
+        self._shown: dict[int, _Shown] = {}
         self.reused = 0
         self.regenerated = 0
 
     def reusable(self, track_id: int, crop: Image, mask: Mask) -> bool:
         """True when ``track_id``'s cached crop still fits this frame's face and region."""
-        entry = self._tracks.get(track_id)
+        entry = self._references.get(track_id)
         if entry is None or entry.age >= self.options.max_age_frames:
             return False
         covered_now, covered_then = mask > 0.5, entry.mask > 0.5
@@ -165,41 +182,65 @@ class ReuseCache:
         visible = ~np.logical_or(covered_now, covered_then)
         if not visible.any():
             return True
-        change = np.abs(crop.astype(np.int16) - entry.reference)[visible].mean()
+        change = np.abs(crop.astype(np.int16) - entry.crop)[visible].mean()
         return bool(change <= self.options.change_levels)
 
-    def next_reused(self, track_id: int) -> Image:
-        """The crop to show for a reused frame (advancing any cross-fade)."""
-        entry = self._tracks[track_id]
-        entry.age += 1
+    def note_reused(self, track_id: int) -> None:
+        """Decide to reuse ``track_id``'s crop this frame (it must be ``reusable``)."""
+        self._references[track_id].age += 1
         self.reused += 1
+
+    def note_regenerated(self, track_id: int, crop: Image, mask: Mask) -> None:
+        """Decide to regenerate ``track_id``'s crop this frame from ``crop`` and ``mask``."""
+        self.regenerated += 1
+        self._references[track_id] = _Reference(crop=crop.astype(np.int16), mask=mask, age=0)
+
+    def show_reused(self, track_id: int) -> Image:
+        """The crop to show for a reused frame (advancing any cross-fade)."""
+        entry = self._shown[track_id]
         entry.shown = self._fade(entry)
         return entry.shown
 
-    def regenerated_crop(self, track_id: int, crop: Image, mask: Mask, face: Image) -> Image:
-        """Record a freshly inpainted crop; returns what to show (the first cross-fade step
-        from the previous crop, or the new crop for a new track)."""
-        self.regenerated += 1
-        previous = self._tracks.get(track_id)
-        entry = _Reused(
-            reference=crop.astype(np.int16),
-            mask=mask,
+    def show_regenerated(self, track_id: int, face: Image) -> Image:
+        """Show a freshly inpainted crop: the first cross-fade step from the previous crop,
+        or the new crop for a new track."""
+        previous = self._shown.get(track_id)
+        entry = _Shown(
             target=face,
             shown=face,
             fade_from=previous.shown if previous is not None else face,
             fade_step=0,
-            age=0,
         )
-        self._tracks[track_id] = entry
+        self._shown[track_id] = entry
         entry.shown = self._fade(entry)
         return entry.shown
 
+    def next_reused(self, track_id: int) -> Image:
+        """``note_reused`` and ``show_reused`` at once."""
+        self.note_reused(track_id)
+        return self.show_reused(track_id)
+
+    def regenerated_crop(self, track_id: int, crop: Image, mask: Mask, face: Image) -> Image:
+        """``note_regenerated`` and ``show_regenerated`` at once."""
+        self.note_regenerated(track_id, crop, mask)
+        return self.show_regenerated(track_id, face)
+
+    def forget_references(self, track_ids: set[int]) -> None:
+        """Decision half: forget tracks that ended."""
+        for gone in set(self._references) - track_ids:
+            del self._references[gone]
+
+    def forget_shown(self, track_ids: set[int]) -> None:
+        """Display half: forget tracks that ended."""
+        for gone in set(self._shown) - track_ids:
+            del self._shown[gone]
+
     def keep_only(self, track_ids: set[int]) -> None:
         """Forget tracks that ended."""
-        for gone in set(self._tracks) - track_ids:
-            del self._tracks[gone]
+        self.forget_references(track_ids)
+        self.forget_shown(track_ids)
 
-    def _fade(self, entry: _Reused) -> Image:
+    def _fade(self, entry: _Shown) -> Image:
         entry.fade_step = min(entry.fade_step + 1, self.options.crossfade_frames)
         if entry.fade_step >= self.options.crossfade_frames or entry.fade_from is entry.target:
             return entry.target
@@ -208,55 +249,92 @@ class ReuseCache:
         return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def restore_frame(
-    work: FrameFaces,
-    inpainter: Inpainter,
-    occlusion: OcclusionModel,
-    feather_px: float,
-    reuse: ReuseCache | None = None,
-) -> RestoredFrame:
-    """Inpaint every face of ``work`` (one batch) and blend the covered regions back.
+@dataclass(frozen=True, eq=False)
+class PlannedFrame:
+    """A frame after the region model and the reuse decisions (``plan_frame``): each
+    face's occlusion, the faces with something covered (``covered``, indices into
+    ``work.faces``) and those of them to send to the inpainter (``fresh``)."""
 
-    Only the covered region of each face changes (``stream.composite``); ``feather_px`` is
-    the blend ramp's width inside it. The inpainter sees the region grown by the
-    occlusion's ``context_px``, so its fill never reads an occluder's rim. With ``reuse``,
-    faces whose cached crop still fits are not sent to the inpainter."""
+    work: FrameFaces
+    occlusions: tuple[Occlusion, ...]
+    covered: tuple[int, ...]
+    fresh: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class InpaintedFrame:
+    """A planned frame and the inpainter's result for each of its ``fresh`` faces."""
+
+    plan: PlannedFrame
+    generated: tuple[InpaintResult, ...]
+    inpainter_name: str
+
+
+def plan_frame(
+    work: FrameFaces, occlusion: OcclusionModel, reuse: ReuseCache | None = None
+) -> PlannedFrame:
+    """Which faces of ``work`` are covered, and which of those to regenerate (the others
+    reuse their track's crop). Records the decisions in ``reuse``'s decision half."""
     if reuse is not None:
-        reuse.keep_only({f.track_id for f in work.faces})
+        reuse.forget_references({f.track_id for f in work.faces})
+    if not work.faces:
+        return PlannedFrame(work=work, occlusions=(), covered=(), fresh=())
+    occlusions = tuple(occlusion.predict([f.aligned for f in work.faces], work.track_ids))
+    # A face with nothing covered is not restored at all: it stays bit for bit as decoded.
+    covered = tuple(i for i, occ in enumerate(occlusions) if occ.mask_256.any())
+    fresh = []
+    for i in covered:
+        face, mask = work.faces[i], occlusions[i].mask_256
+        if reuse is None:
+            fresh.append(i)
+        elif reuse.reusable(face.track_id, face.aligned.crop, mask):
+            reuse.note_reused(face.track_id)
+        else:
+            reuse.note_regenerated(face.track_id, face.aligned.crop, mask)
+            fresh.append(i)
+    return PlannedFrame(work=work, occlusions=occlusions, covered=covered, fresh=tuple(fresh))
+
+
+def inpaint_frame(plan: PlannedFrame, inpainter: Inpainter) -> InpaintedFrame:
+    """Run the inpainter on the planned frame's fresh faces (one batch). The inpainter sees
+    the region grown by the occlusion's ``context_px``, so its fill never reads an
+    occluder's rim."""
+    faces, occlusions = plan.work.faces, plan.occlusions
+    generated = inpainter.inpaint(
+        [faces[i].aligned.crop for i in plan.fresh],
+        [inpaint_hole(occlusions[i].mask_256, occlusions[i].context_px) for i in plan.fresh],
+    )
+    return InpaintedFrame(plan=plan, generated=tuple(generated), inpainter_name=inpainter.name)
+
+
+def composite_frame(
+    inpainted: InpaintedFrame, feather_px: float, reuse: ReuseCache | None = None
+) -> RestoredFrame:
+    """Blend each covered face's crop (fresh, or its track's reused one from ``reuse``'s
+    display half) back into the frame: only the covered region changes
+    (``stream.composite``); ``feather_px`` is the blend ramp's width inside it."""
+    plan = inpainted.plan
+    work, occlusions = plan.work, plan.occlusions
+    if reuse is not None:
+        reuse.forget_shown({f.track_id for f in work.faces})
     if not work.faces:
         return RestoredFrame(frame=work.frame, faces=())
-    aligned = [f.aligned for f in work.faces]
-    occlusions = occlusion.predict(aligned, work.track_ids)
-    # A face with nothing covered is not restored at all: it stays bit for bit as decoded.
-    covered = [i for i, occ in enumerate(occlusions) if occ.mask_256.any()]
-    fresh = [
-        i
-        for i in covered
-        if reuse is None
-        or not reuse.reusable(
-            work.faces[i].track_id, work.faces[i].aligned.crop, occlusions[i].mask_256
-        )
-    ]
-    generated = inpainter.inpaint(
-        [aligned[i].crop for i in fresh],
-        [inpaint_hole(occlusions[i].mask_256, occlusions[i].context_px) for i in fresh],
-    )
-    by_index = dict(zip(fresh, generated, strict=True))
+    by_index = dict(zip(plan.fresh, inpainted.generated, strict=True))
     image = work.frame.image
     restored = []
-    for i in covered:
+    for i in plan.covered:
         face, occ = work.faces[i], occlusions[i]
         result = by_index.get(i)
         if reuse is None:
             assert result is not None
             shown = result.face_256
         elif result is not None:
-            shown = reuse.regenerated_crop(
-                face.track_id, face.aligned.crop, occ.mask_256, result.face_256
-            )
+            shown = reuse.show_regenerated(face.track_id, result.face_256)
         else:
-            shown = reuse.next_reused(face.track_id)
-            result = InpaintResult(face_256=shown, backend=f"{inpainter.name}+reuse", latency_ms=0)
+            shown = reuse.show_reused(face.track_id)
+            result = InpaintResult(
+                face_256=shown, backend=f"{inpainted.inpainter_name}+reuse", latency_ms=0
+            )
         weight = feather(occ.mask_256, feather_px)
         image, region = composite_region(image, shown, weight, face.aligned.inverse_affine)
         restored.append(
@@ -267,7 +345,7 @@ def restore_frame(
     frame = VideoFrame(
         index=work.frame.index, pts=work.frame.pts, time_base=work.frame.time_base, image=image
     )
-    done, covered_set = {f.track_id for f in restored}, set(covered)
+    done, covered_set = {f.track_id for f in restored}, set(plan.covered)
     decisions = tuple(
         FaceDecision(
             track_id=face.track_id,
@@ -279,3 +357,22 @@ def restore_frame(
         for i, (face, occ) in enumerate(zip(work.faces, occlusions, strict=True))
     )
     return RestoredFrame(frame=frame, faces=tuple(restored), decisions=decisions)
+
+
+def restore_frame(
+    work: FrameFaces,
+    inpainter: Inpainter,
+    occlusion: OcclusionModel,
+    feather_px: float,
+    reuse: ReuseCache | None = None,
+) -> RestoredFrame:
+    """Inpaint every face of ``work`` (one batch) and blend the covered regions back:
+    ``plan_frame``, ``inpaint_frame`` and ``composite_frame`` in one call (the file
+    pipeline runs them as three stages).
+
+    Only the covered region of each face changes (``stream.composite``); ``feather_px`` is
+    the blend ramp's width inside it. The inpainter sees the region grown by the
+    occlusion's ``context_px``, so its fill never reads an occluder's rim. With ``reuse``,
+    faces whose cached crop still fits are not sent to the inpainter."""
+    plan = plan_frame(work, occlusion, reuse)
+    return composite_frame(inpaint_frame(plan, inpainter), feather_px, reuse)

@@ -78,3 +78,37 @@ def test_shapes_must_match(photo: Image) -> None:
         poisson_blend(photo, photo[:128], _mouth_hole())
     with pytest.raises(ValueError, match="do not match"):
         poisson_blend(photo, photo, _mouth_hole()[:128])
+
+
+def _opencv_blend(fill: Image, crop: Image, mask: Mask) -> Image:
+    """What ``poisson_blend`` computed with OpenCV's own solver (until 2026-12-05)."""
+    from stream.blend import GUIDE_RADIUS_PX
+
+    hole = mask > 0.5
+    clone = hole.astype(np.uint8) * 255
+    clone[:2, :] = clone[-2:, :] = 0
+    clone[:, :2] = clone[:, -2:] = 0
+    x, y, w, h = cv2.boundingRect(clone)
+    guide = cv2.inpaint(crop, hole.astype(np.uint8) * 255, GUIDE_RADIUS_PX, cv2.INPAINT_TELEA)
+    centre = (x + w // 2, y + h // 2)
+    blended = cv2.seamlessClone(fill, guide, clone.copy(), centre, cv2.NORMAL_CLONE)
+    return np.where((clone > 0)[:, :, None], blended, fill).astype(np.uint8)
+
+
+@pytest.mark.parametrize("with_scipy", [True, False])
+def test_the_solver_agrees_with_opencvs_seamless_clone(
+    photo: Image, with_scipy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stream.blend
+
+    if not with_scipy:  # numpy's FFT path, where SciPy is not installed
+        monkeypatch.setattr(stream.blend, "_scipy_fft", None)
+    rng = np.random.default_rng(3)
+    for mask in (_mouth_hole(), np.zeros((256, 256), np.float32)):
+        mask[190:, 40:230] = 1.0  # reaches the crop's bottom edge, as a face mask's does
+        cast = photo.astype(np.int16) + rng.integers(-30, 30, 3).astype(np.int16)
+        fill = np.clip(cast, 0, 255).astype(np.uint8)
+        ours, theirs = poisson_blend(fill, photo, mask), _opencv_blend(fill, photo, mask)
+        # The same linear system; float rounding moves a few pixels by one level.
+        assert int(np.abs(ours.astype(np.int16) - theirs).max()) <= 1
+        assert float((ours != theirs).mean()) < 0.02

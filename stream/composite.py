@@ -109,8 +109,12 @@ def composite_region(
     )
     region = out[y0:y1, x0:x1]
     a = alpha[inside][:, None]
-    blended = region[inside].astype(np.float32) * (1.0 - a) + warped_crop[inside] * a
-    region[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if bool((a == 1.0).all()):
+        # A hard hole (the default): the blend below would give exactly the crop's pixels.
+        region[inside] = warped_crop[inside]
+    else:
+        blended = region[inside].astype(np.float32) * (1.0 - a) + warped_crop[inside] * a
+        region[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return out, FrameRegion(x0, y0, inside)
 
 

@@ -14,16 +14,26 @@ from avinpaint.geometry import invert_affine
 from avinpaint.spec import CROP_SIZE
 from stream.composite import FEATHER_PX, changed_region, feather, inpaint_hole
 from stream.inpaint import OpenCVInpainter
+from stream.media import VideoReader
+from stream.occlusion import FixedRegion
 from stream.region import box_mask
 from stream.restore import (
+    FaceAnalyser,
     FaceDecision,
     FrameFaces,
     ReuseCache,
     ReuseOptions,
     TrackedFace,
+    composite_frame,
+    inpaint_frame,
+    plan_frame,
     restore_frame,
 )
+from stream.testclip import ClipTruth
 from stream.types import AlignedFace, Image, InpaintResult, Mask, Occlusion, VideoFrame
+
+_OCCLUDER_BOX = (32, 128, 192, 128)
+"""The generated clip's occluder in the crop (as in ``tests/test_pipeline.py``)."""
 
 
 def _crop(level: int) -> np.ndarray:
@@ -153,3 +163,34 @@ def test_restore_frame_changes_only_the_covered_region_and_reports_every_face(
     (face,) = restored.faces
     assert face.region is not None
     np.testing.assert_array_equal(face.region.full(image.shape[:2]), hole)
+
+
+def test_the_three_stages_run_apart_equal_restore_frame(clip: ClipTruth) -> None:
+    """The file pipeline runs ``plan_frame``, ``inpaint_frame`` and ``composite_frame`` in
+    three threads, so planning (the reuse decisions) can run up to a few queues ahead of the
+    composite (the cross-fades). Planning every frame before compositing any must give the
+    same frames, bit for bit, and the same decisions as ``restore_frame`` one frame at a
+    time."""
+    with VideoReader(clip.path, threads=1) as reader:
+        frames = list(reader)
+    region = FixedRegion(box_mask(_OCCLUDER_BOX))
+    telea = OpenCVInpainter("telea")
+    # Tight enough that the generated face's motion regenerates some frames, not all.
+    options = ReuseOptions(change_levels=2.0, crossfade_frames=3)
+
+    analyser, cache = FaceAnalyser(), ReuseCache(options)
+    one_by_one = [
+        restore_frame(analyser.analyse(frame), telea, region, 0.0, cache) for frame in frames
+    ]
+
+    analyser, staged_cache = FaceAnalyser(), ReuseCache(options)
+    plans = [plan_frame(analyser.analyse(frame), region, staged_cache) for frame in frames]
+    inpainted = [inpaint_frame(plan, telea) for plan in plans]
+    staged = [composite_frame(item, 0.0, staged_cache) for item in inpainted]
+
+    assert 0 < cache.regenerated < len(frames)
+    assert (staged_cache.reused, staged_cache.regenerated) == (cache.reused, cache.regenerated)
+    for ours, theirs in zip(staged, one_by_one, strict=True):
+        assert np.array_equal(ours.frame.image, theirs.frame.image)
+        assert ours.track_ids == theirs.track_ids
+        assert [f.result.backend for f in ours.faces] == [f.result.backend for f in theirs.faces]

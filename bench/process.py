@@ -121,7 +121,12 @@ def run_process(
         "faces_regenerated": report.faces_regenerated,
         "peak_rss_mb": _peak_rss_mb(),
         "stages": {
-            name: {"p50_ms": round(s.p50_ms, 3), "p95_ms": round(s.p95_ms, 3), "count": s.count, "total_ms": round(s.total_ms)}
+            name: {
+                "p50_ms": round(s.p50_ms, 3),
+                "p95_ms": round(s.p95_ms, 3),
+                "count": s.count,
+                "total_ms": round(s.total_ms),
+            }
             for name, s in report.stages.items()
         },
     }

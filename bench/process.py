@@ -95,7 +95,7 @@ def run_process(
     from stream.occlusion import FixedRegion, OcclusionModel
     from stream.pipeline import ProcessOptions, process_file
     from stream.region import box_mask
-    from stream.speaker import SpeechWindow
+    from stream.speaker import SpeechWindow, StagedSpeakerSink
 
     cv2.setNumThreads(1)
     options = ProcessOptions(
@@ -106,11 +106,11 @@ def run_process(
     )
     with contextlib.ExitStack() as stack:
         inpainter: Inpainter = OpenCVInpainter("telea")
-        sink: Callable[[SpeechWindow], None] | None = None
+        sink: Callable[[SpeechWindow], None] | StagedSpeakerSink | None = None
         if inpainter_name == "model":
             args = parse_backend_arguments(["--backend", "onnxruntime"])
             model = stack.enter_context(open_model_inpainter(args, threads=1))
-            inpainter, sink = model, model.use_speech
+            inpainter, sink = model, model  # as process: the staged speaker sink
         start = time.perf_counter()
         report = process_file(source, output, inpainter, occlusion, options, speaker_sink=sink)
         wall_s = time.perf_counter() - start

@@ -26,7 +26,7 @@ from stream.occlusion import FixedRegion, OcclusionModel
 from stream.pipeline import ProcessOptions, ProcessReport, process_file
 from stream.region import box_mask, load_mask_image, parse_box
 from stream.restore import ReuseOptions
-from stream.speaker import SpeechWindow
+from stream.speaker import SpeechWindow, StagedSpeakerSink
 from stream.track import TrackerOptions
 from stream.types import Mask
 
@@ -607,9 +607,12 @@ def _run_process(args: argparse.Namespace) -> int:
         mark_restored=args.mark_restored,
     )
     with _open_inpainter(args, threads=args.threads) as (inpainter, speaker_sink):
+        sink: SpeakerSink | StagedSpeakerSink | None = speaker_sink
         if args.speaker_audio == "none":
-            speaker_sink = None
-        report = _process_with_progress(args, inpainter, occlusion, options, speaker_sink)
+            sink = None
+        elif sink is not None and isinstance(inpainter, StagedSpeakerSink):
+            sink = inpainter  # the same windows, the speaker front end in a stage of its own
+        report = _process_with_progress(args, inpainter, occlusion, options, sink)
     _print_summary(report)
     return EXIT_OK
 
@@ -663,7 +666,7 @@ def _process_with_progress(
     inpainter: Inpainter,
     region: OcclusionModel,
     options: ProcessOptions,
-    speaker_sink: Callable[[SpeechWindow], None] | None = None,
+    speaker_sink: SpeakerSink | StagedSpeakerSink | None = None,
 ) -> ProcessReport:
     from tqdm import tqdm
 

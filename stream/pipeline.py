@@ -58,7 +58,7 @@ from stream.restore import (
     inpaint_frame,
     plan_frame,
 )
-from stream.speaker import SileroVad, SpeakerTrack, SpeechWindow
+from stream.speaker import SileroVad, SpeakerTrack, SpeechWindow, StagedSpeakerSink
 from stream.track import TrackerOptions
 
 
@@ -312,6 +312,16 @@ class _Runner:
             thread.join()
 
 
+@dataclass(frozen=True, eq=False)
+class _Spoken:
+    """A planned frame and the speaker window due at it (None: none is due); with a
+    ``StagedSpeakerSink``, the window's features, made ahead."""
+
+    plan: PlannedFrame
+    window: SpeechWindow | None = None
+    features: object = None
+
+
 def _sidecar(
     output_path: Path, width: int, height: int, wanted: bool
 ) -> contextlib.AbstractContextManager[SidecarWriter | None]:
@@ -340,7 +350,7 @@ def process_file(
     occlusion: OcclusionModel,
     options: ProcessOptions = ProcessOptions(),
     progress: Callable[[int, int | None], None] | None = None,
-    speaker_sink: Callable[[SpeechWindow], None] | None = None,
+    speaker_sink: Callable[[SpeechWindow], None] | StagedSpeakerSink | None = None,
 ) -> ProcessReport:
     """Restore the covered region of every tracked face in ``input_path``.
 
@@ -353,7 +363,11 @@ def process_file(
 
     ``speaker_sink`` (for audio-driven inpainters) receives the speaker window of the file's
     own speech (or of ``options.speaker_audio``) whenever it is due for re-embedding (about
-    once a second of speech), always before the first frame that should use it."""
+    once a second of speech), always before the first frame that should use it. A
+    ``StagedSpeakerSink`` (``ModelInpainter`` itself, rather than its ``use_speech``) gets the
+    same windows with the work split: its ``speech_features`` run in a stage of their own
+    (the speaker front end took ~130 ms a window on the inpainter's stage, the slowest) and
+    ``use_features`` switches to them in the inpainter's stage, at the same frames."""
     check_output_path(input_path, output_path)
     info = probe(input_path)
     started = time.perf_counter()
@@ -370,18 +384,29 @@ def process_file(
     def plan(work: FrameFaces) -> PlannedFrame:
         return plan_frame(work, occlusion, reuse)
 
-    def inpaint(planned: PlannedFrame) -> InpaintedFrame:
-        # The speaker sink runs in the inpainter's stage, in frame order, so every fill uses
+    def speak(planned: PlannedFrame) -> _Spoken:
+        # Runs in frame order (one stage), so a window is due at the same frame as before.
+        if speaker_track is None:
+            return _Spoken(planned)
+        frame = planned.work.frame
+        window = speaker_track.advance_to(frame.time_s if frame.time_s is not None else 0.0)
+        if window is None:
+            return _Spoken(planned)
+        if isinstance(speaker_sink, StagedSpeakerSink):
+            return _Spoken(planned, window, speaker_sink.speech_features(window))
+        return _Spoken(planned, window)
+
+    def inpaint(spoken: _Spoken) -> InpaintedFrame:
+        # The sink takes effect in the inpainter's stage, in frame order, so every fill uses
         # the window due at its own frame.
         nonlocal speaker_windows
-        if speaker_track is not None and speaker_sink is not None:
-            frame = planned.work.frame
-            time_s = frame.time_s if frame.time_s is not None else 0.0
-            window = speaker_track.advance_to(time_s)
-            if window is not None:
-                speaker_sink(window)
-                speaker_windows += 1
-        return inpaint_frame(planned, inpainter)
+        if spoken.window is not None:
+            if isinstance(speaker_sink, StagedSpeakerSink):
+                speaker_sink.use_features(spoken.features)
+            elif speaker_sink is not None:
+                speaker_sink(spoken.window)
+            speaker_windows += 1
+        return inpaint_frame(spoken.plan, inpainter)
 
     def composite(inpainted: InpaintedFrame) -> RestoredFrame:
         return composite_frame(inpainted, options.feather_px, reuse)
@@ -402,7 +427,8 @@ def process_file(
             decoded = runner.source("decode", reader)
             analysed = runner.stage("track_align", analyser.analyse, decoded)
             planned = runner.stage("region", plan, analysed)
-            inpainted = runner.stage("inpaint", inpaint, planned)
+            spoken = runner.stage("speaker", speak, planned)
+            inpainted = runner.stage("inpaint", inpaint, spoken)
             restored = runner.stage("composite", composite, inpainted)
             for item in runner.drain(restored):
                 assert isinstance(item, RestoredFrame)

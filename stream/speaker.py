@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -212,3 +212,19 @@ class SpeakerTrack:
             self._window.push(self._next)
             self._next = None
         return self._window.take() if self._window.due() else None
+
+
+@runtime_checkable
+class StagedSpeakerSink(Protocol):
+    """A speaker sink in two steps, for pipelines that prepare speech ahead of the frames:
+    ``speech_features`` does the work for a window (the speaker front end and graph) without
+    changing what is in use, and ``use_features`` switches to its result at no cost, in
+    frame order (``stream.model_inpainter.ModelInpainter`` is one)."""
+
+    def speech_features(self, window: SpeechWindow) -> Any:
+        """The features of the speaker heard in ``window``, not yet in use."""
+        ...
+
+    def use_features(self, features: Any) -> None:
+        """Use ``features`` (from ``speech_features``) for the following faces."""
+        ...

@@ -141,3 +141,42 @@ def test_speaker_windows_follow_the_files_own_speech(make_clip: Any, tmp_path: P
     ends = [w.end_s for w in windows]
     assert ends == sorted(ends)
     assert all(w.speech_s >= 2.0 and w.end_s <= clip.frame_count / 25 + 0.5 for w in windows)
+
+
+class _SpeakerHeard(OpenCVInpainter):
+    """Telea that records, per inpainted frame, the speaker window in use; usable as a
+    plain sink (``hear``) or as a ``StagedSpeakerSink`` (``speech_features`` made ahead in
+    the pipeline's speaker stage, ``use_features`` in its inpainter stage)."""
+
+    def __init__(self) -> None:
+        super().__init__("telea")
+        self.current: tuple[float, float] | None = None
+        self.in_use: list[tuple[float, float] | None] = []
+        self.prepared: list[tuple[float, float]] = []
+
+    def hear(self, window: SpeechWindow) -> None:
+        self.current = (window.start_s, window.end_s)
+
+    def speech_features(self, window: SpeechWindow) -> tuple[float, float]:
+        self.prepared.append((window.start_s, window.end_s))
+        return (window.start_s, window.end_s)
+
+    def use_features(self, features: tuple[float, float]) -> None:
+        self.current = features
+
+    def inpaint(self, crops: Sequence[Image], masks: Sequence[Mask]) -> list[InpaintResult]:
+        self.in_use.append(self.current)
+        return super().inpaint(crops, masks)
+
+
+def test_a_staged_speaker_sink_hears_the_same_windows_at_the_same_frames(
+    make_clip: Any, tmp_path: Path
+) -> None:
+    clip: ClipTruth = make_clip("speech5s.mp4", duration_s=5.0)
+    region = FixedRegion(box_mask(OCCLUDER_BOX))
+    plain, staged = _SpeakerHeard(), _SpeakerHeard()
+    first = process_file(clip.path, tmp_path / "a.mp4", plain, region, FAST, None, plain.hear)
+    second = process_file(clip.path, tmp_path / "b.mp4", staged, region, FAST, None, staged)
+    assert first.speaker_windows == second.speaker_windows == len(staged.prepared) >= 1
+    assert plain.in_use == staged.in_use
+    assert len({w for w in staged.in_use if w is not None}) >= 1

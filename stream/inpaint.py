@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol
 
 import cv2
 import numpy as np
@@ -30,33 +29,6 @@ class Inpainter(Protocol):
 
     def inpaint(self, crops: Sequence[Image], masks: Sequence[Mask]) -> list[InpaintResult]:
         """One result per (crop, mask) pair, same order. Masks are 1 where covered."""
-        ...
-
-
-@dataclass(frozen=True, eq=False)
-class NetworkFills:
-    """What a ``StagedInpainter``'s network drew for a batch, before finishing:
-    ``faces`` (one BGR crop per input) and the network's wall time for the batch."""
-
-    faces: tuple[Image, ...]
-    network_ms: float
-
-
-@runtime_checkable
-class StagedInpainter(Inpainter, Protocol):
-    """An ``Inpainter`` whose work splits in two steps that may run in different threads,
-    one batch after another: ``network_fills`` (the network, in call order: it reads the
-    speaker in use) and ``finish`` (per-face post-processing, pure). ``inpaint`` is
-    ``finish(network_fills(...))``."""
-
-    def network_fills(self, crops: Sequence[Image], masks: Sequence[Mask]) -> NetworkFills:
-        """The network's fills of one batch."""
-        ...
-
-    def finish(
-        self, fills: NetworkFills, crops: Sequence[Image], masks: Sequence[Mask]
-    ) -> list[InpaintResult]:
-        """The results for ``fills`` of the same ``crops`` and ``masks``."""
         ...
 
 

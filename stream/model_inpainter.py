@@ -40,7 +40,7 @@ from engines.backends import Array, Backend, SpeakerArrays
 from engines.export import speaker_input_shape
 from stream.blend import poisson_blend
 from stream.guard import DEFAULT_GUARD, GuardOptions, GuardVerdict, check_fill, safe_fill
-from stream.inpaint import NetworkFills, check_batch
+from stream.inpaint import check_batch
 from stream.speaker import SpeechWindow
 from stream.types import Image, InpaintResult, Mask
 
@@ -173,60 +173,41 @@ class ModelInpainter:
 
     def inpaint(self, crops: Sequence[Image], masks: Sequence[Mask]) -> list[InpaintResult]:
         """Restore the covered pixels of each crop; pixels outside its mask come back
-        unchanged. ``latency_ms`` is each face's share of the call's wall time."""
-        return self.finish(self.network_fills(crops, masks), crops, masks)
-
-    def network_fills(self, crops: Sequence[Image], masks: Sequence[Mask]) -> NetworkFills:
-        """The network's composites of each crop, with the speaker in use now (the first
-        half of ``inpaint``; ``finish`` blends and checks them, in any thread)."""
+        unchanged. ``latency_ms`` is each face's share of its batch's wall time."""
         check_batch(crops, masks)
-        began = time.perf_counter()
-        faces: list[Image] = []
-        if crops:
-            with self._lock:
-                features = self._current_features()
-                for start in range(0, len(crops), self._max_batch):
-                    chunk = slice(start, start + self._max_batch)
-                    out = self._backend.inpaint(
-                        crops_to_input(crops[chunk]), masks_to_input(masks[chunk]), features
-                    )
-                    faces.extend(output_to_crops(out.inpainted))
-        return NetworkFills(tuple(faces), (time.perf_counter() - began) * 1000.0)
-
-    def finish(
-        self, fills: NetworkFills, crops: Sequence[Image], masks: Sequence[Mask]
-    ) -> list[InpaintResult]:
-        """Blend each fill into its visible face (``stream.blend``) and judge it with the
-        guard (a failed fill becomes the safe Telea fill): the second half of ``inpaint``.
-        Pure: it reads neither the backend nor the speaker."""
-        check_batch(crops, masks)
-        if len(fills.faces) != len(crops):
-            raise ValueError(f"{len(fills.faces)} fills for {len(crops)} crops")
         if not crops:
             return []
-        began = time.perf_counter()
-        faces = list(fills.faces)
-        if self._blend:
-            faces = [
-                poisson_blend(face, crop, mask)
-                for face, crop, mask in zip(faces, crops, masks, strict=True)
-            ]
-        checked = [
-            self._check(face, crop, mask)
-            for face, crop, mask in zip(faces, crops, masks, strict=True)
-        ]
-        finish_ms = (time.perf_counter() - began) * 1000.0
-        per_face_ms = (fills.network_ms + finish_ms) / len(crops)
-        return [
-            InpaintResult(
-                face_256=face,
-                backend=self.name,
-                latency_ms=per_face_ms,
-                guard=verdict,
-                fallback=verdict is not None and not verdict.passed,
-            )
-            for face, verdict in checked
-        ]
+        with self._lock:
+            features = self._current_features()
+            results: list[InpaintResult] = []
+            for start in range(0, len(crops), self._max_batch):
+                chunk = slice(start, start + self._max_batch)
+                began = time.perf_counter()
+                out = self._backend.inpaint(
+                    crops_to_input(crops[chunk]), masks_to_input(masks[chunk]), features
+                )
+                faces = output_to_crops(out.inpainted)
+                if self._blend:
+                    faces = [
+                        poisson_blend(face, crop, mask)
+                        for face, crop, mask in zip(faces, crops[chunk], masks[chunk], strict=True)
+                    ]
+                checked = [
+                    self._check(face, crop, mask)
+                    for face, crop, mask in zip(faces, crops[chunk], masks[chunk], strict=True)
+                ]
+                per_face_ms = (time.perf_counter() - began) * 1000.0 / len(faces)
+                results.extend(
+                    InpaintResult(
+                        face_256=face,
+                        backend=self.name,
+                        latency_ms=per_face_ms,
+                        guard=verdict,
+                        fallback=verdict is not None and not verdict.passed,
+                    )
+                    for face, verdict in checked
+                )
+        return results
 
     def _check(self, face: Image, crop: Image, mask: Mask) -> tuple[Image, GuardVerdict | None]:
         """The face to show and the guard's verdict: a fill that fails is replaced by the

@@ -1,14 +1,12 @@
-"""The file pipeline: decode -> track + align -> region + reuse decisions -> speaker ->
-inpaint (network, then blend + guard) -> composite -> encode + mux.
+"""The file pipeline: decode -> track + align -> region + reuse decisions -> inpaint ->
+composite -> encode + mux.
 
 Each stage is a thread; bounded queues join them, so memory stays flat on long files and a
 slow stage applies back-pressure instead of buffering the video. Every stage is a single
 FIFO worker, so output order equals input order and no frame is ever dropped. The restore
-work is split in stages (``stream.restore.plan_frame``, ``inpaint_frame`` -- or, for a
-``StagedInpainter`` such as the network, ``fill_frame`` and ``finish_frame`` -- and
-``composite_frame``), with the speaker front end in one of its own, so that the segmenter,
-the network, the blend and the composite of different frames overlap on a multi-core
-machine.
+work is split in three stages (``stream.restore.plan_frame``, ``inpaint_frame``,
+``composite_frame``) so that the segmenter, the inpainter and the composite of different
+frames overlap on a multi-core machine: the inpainter's stage bounds the throughput.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ from stream.audio import iter_audio_16k
 from stream.composite import FEATHER_PX
 from stream.detect import DetectorOptions
 from stream.errors import InputError
-from stream.inpaint import Inpainter, StagedInpainter
+from stream.inpaint import Inpainter
 from stream.media import (
     AtomicOutput,
     AudioMode,
@@ -50,7 +48,6 @@ from stream.provenance import (
 from stream.restore import (
     FaceAnalyser,
     FaceDecision,
-    FilledFrame,
     FrameFaces,
     InpaintedFrame,
     PlannedFrame,
@@ -58,8 +55,6 @@ from stream.restore import (
     ReuseCache,
     ReuseOptions,
     composite_frame,
-    fill_frame,
-    finish_frame,
     inpaint_frame,
     plan_frame,
 )
@@ -401,9 +396,9 @@ def process_file(
             return _Spoken(planned, window, speaker_sink.speech_features(window))
         return _Spoken(planned, window)
 
-    def hear(spoken: _Spoken) -> None:
-        # The sink takes effect in the inpainter's (network's) stage, in frame order, so every
-        # fill uses the window due at its own frame.
+    def inpaint(spoken: _Spoken) -> InpaintedFrame:
+        # The sink takes effect in the inpainter's stage, in frame order, so every fill uses
+        # the window due at its own frame.
         nonlocal speaker_windows
         if spoken.window is not None:
             if isinstance(speaker_sink, StagedSpeakerSink):
@@ -411,19 +406,7 @@ def process_file(
             elif speaker_sink is not None:
                 speaker_sink(spoken.window)
             speaker_windows += 1
-
-    def inpaint(spoken: _Spoken) -> InpaintedFrame:
-        hear(spoken)
         return inpaint_frame(spoken.plan, inpainter)
-
-    def fill(spoken: _Spoken) -> FilledFrame:
-        hear(spoken)
-        assert isinstance(inpainter, StagedInpainter)
-        return fill_frame(spoken.plan, inpainter)
-
-    def finish(filled: FilledFrame) -> InpaintedFrame:
-        assert isinstance(inpainter, StagedInpainter)
-        return finish_frame(filled, inpainter)
 
     def composite(inpainted: InpaintedFrame) -> RestoredFrame:
         return composite_frame(inpainted, options.feather_px, reuse)
@@ -445,12 +428,7 @@ def process_file(
             analysed = runner.stage("track_align", analyser.analyse, decoded)
             planned = runner.stage("region", plan, analysed)
             spoken = runner.stage("speaker", speak, planned)
-            if isinstance(inpainter, StagedInpainter):
-                # The network and its blend + guard (about half of a fill each) overlap too.
-                filled = runner.stage("inpaint", fill, spoken)
-                inpainted = runner.stage("finish", finish, filled)
-            else:
-                inpainted = runner.stage("inpaint", inpaint, spoken)
+            inpainted = runner.stage("inpaint", inpaint, spoken)
             restored = runner.stage("composite", composite, inpainted)
             for item in runner.drain(restored):
                 assert isinstance(item, RestoredFrame)

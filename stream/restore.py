@@ -12,7 +12,7 @@ import numpy.typing as npt
 from stream.align import align_face
 from stream.composite import FrameRegion, composite_region, feather, inpaint_hole
 from stream.detect import DetectorOptions, FaceDetector
-from stream.inpaint import Inpainter, NetworkFills, StagedInpainter
+from stream.inpaint import Inpainter
 from stream.occlusion import OcclusionModel
 from stream.track import FaceTracker, TrackerOptions
 from stream.types import AlignedFace, Image, InpaintResult, Mask, Occlusion, VideoFrame
@@ -303,40 +303,12 @@ def inpaint_frame(plan: PlannedFrame, inpainter: Inpainter) -> InpaintedFrame:
     """Run the inpainter on the planned frame's fresh faces (one batch). The inpainter sees
     the region grown by the occlusion's ``context_px``, so its fill never reads an
     occluder's rim."""
-    generated = inpainter.inpaint(*_fresh_batch(plan))
-    return InpaintedFrame(plan=plan, generated=tuple(generated), inpainter_name=inpainter.name)
-
-
-@dataclass(frozen=True, eq=False)
-class FilledFrame:
-    """A planned frame and the network's fills of its fresh faces, not yet finished (a
-    ``StagedInpainter``'s first step)."""
-
-    plan: PlannedFrame
-    fills: NetworkFills
-
-
-def _fresh_batch(plan: PlannedFrame) -> tuple[list[Image], list[Mask]]:
-    """The crops and inpainter holes of the planned frame's fresh faces: the region grown
-    by the occlusion's ``context_px``, so a fill never reads an occluder's rim."""
     faces, occlusions = plan.work.faces, plan.occlusions
-    crops = [faces[i].aligned.crop for i in plan.fresh]
-    holes = [inpaint_hole(occlusions[i].mask_256, occlusions[i].context_px) for i in plan.fresh]
-    return crops, holes
-
-
-def fill_frame(plan: PlannedFrame, inpainter: StagedInpainter) -> FilledFrame:
-    """``inpaint_frame``'s first step with a ``StagedInpainter``: the network only."""
-    return FilledFrame(plan=plan, fills=inpainter.network_fills(*_fresh_batch(plan)))
-
-
-def finish_frame(filled: FilledFrame, inpainter: StagedInpainter) -> InpaintedFrame:
-    """``inpaint_frame``'s second step: finish ``fill_frame``'s fills (blend, guard)."""
-    crops, holes = _fresh_batch(filled.plan)
-    generated = inpainter.finish(filled.fills, crops, holes)
-    return InpaintedFrame(
-        plan=filled.plan, generated=tuple(generated), inpainter_name=inpainter.name
+    generated = inpainter.inpaint(
+        [faces[i].aligned.crop for i in plan.fresh],
+        [inpaint_hole(occlusions[i].mask_256, occlusions[i].context_px) for i in plan.fresh],
     )
+    return InpaintedFrame(plan=plan, generated=tuple(generated), inpainter_name=inpainter.name)
 
 
 def composite_frame(

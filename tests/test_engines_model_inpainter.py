@@ -25,7 +25,7 @@ from engines.backends import (
 )
 from engines.export import speaker_input_shape
 from stream.blend import poisson_blend
-from stream.inpaint import Inpainter, StagedInpainter
+from stream.inpaint import Inpainter
 from stream.media import EncodeOptions
 from stream.model_inpainter import (
     NEUTRAL_WINDOW,
@@ -180,27 +180,6 @@ def test_blend_is_the_poisson_blend_of_the_network_composite(lite_model: Generat
         expected = poisson_blend(composite.face_256, crop, mask)
         np.testing.assert_array_equal(result.face_256, expected)
         assert not np.array_equal(result.face_256, composite.face_256)
-
-
-def test_network_then_finish_in_two_steps_is_inpaint(lite_model: Generator) -> None:
-    """The file pipeline runs ``network_fills`` and ``finish`` in two threads: together they
-    must be ``inpaint``, with the speaker in use when the network ran."""
-    crops = _crops(3, seed=4)
-    mask = box_mask((40, 120, 170, 120))
-    masks = [mask, mask, mask]
-    with ModelInpainter(TorchBackend(lite_model), max_batch=2) as inpainter:
-        assert isinstance(inpainter, StagedInpainter)
-        whole = inpainter.inpaint(crops, masks)
-        fills = inpainter.network_fills(crops, masks)
-        inpainter.set_speaker(_speaker(0.5), window="later")  # after the network: no effect
-        staged = inpainter.finish(fills, crops, masks)
-        assert inpainter.finish(inpainter.network_fills([], []), [], []) == []
-        with pytest.raises(ValueError, match="fills for"):
-            inpainter.finish(fills, crops[:2], masks[:2])
-    for one, other in zip(whole, staged, strict=True):
-        np.testing.assert_array_equal(one.face_256, other.face_256)
-        assert (one.fallback, one.backend) == (other.fallback, other.backend)
-        assert other.latency_ms > 0
 
 
 class Recording:

@@ -365,9 +365,11 @@ def process_file(
     own speech (or of ``options.speaker_audio``) whenever it is due for re-embedding (about
     once a second of speech), always before the first frame that should use it. A
     ``StagedSpeakerSink`` (``ModelInpainter`` itself, rather than its ``use_speech``) gets the
-    same windows with the work split: its ``speech_features`` run in a stage of their own
-    (the speaker front end took ~130 ms a window on the inpainter's stage, the slowest) and
-    ``use_features`` switches to them in the inpainter's stage, at the same frames."""
+    work split and skipped where unused: its ``speech_features`` run in a stage of their own
+    (the speaker front end took ~130 ms a window on the inpainter's stage, the slowest), only
+    for the latest window due when a frame next needs the network, and ``use_features``
+    switches to them there, so every fill hears the same window as with a plain sink
+    (``speaker_windows`` then counts the windows prepared)."""
     check_output_path(input_path, output_path)
     info = probe(input_path)
     started = time.perf_counter()
@@ -384,17 +386,25 @@ def process_file(
     def plan(work: FrameFaces) -> PlannedFrame:
         return plan_frame(work, occlusion, reuse)
 
+    pending: list[SpeechWindow] = []  # a staged sink's due window not prepared yet
+
     def speak(planned: PlannedFrame) -> _Spoken:
         # Runs in frame order (one stage), so a window is due at the same frame as before.
         if speaker_track is None:
             return _Spoken(planned)
         frame = planned.work.frame
         window = speaker_track.advance_to(frame.time_s if frame.time_s is not None else 0.0)
-        if window is None:
+        if not isinstance(speaker_sink, StagedSpeakerSink):
+            return _Spoken(planned, window)
+        # The network uses only the latest window's features, so a staged sink's are made
+        # when a frame first needs the network (none at all for a clip with nothing covered):
+        # every fill still gets the window due at its frame.
+        if window is not None:
+            pending[:] = [window]
+        if not planned.fresh or not pending:
             return _Spoken(planned)
-        if isinstance(speaker_sink, StagedSpeakerSink):
-            return _Spoken(planned, window, speaker_sink.speech_features(window))
-        return _Spoken(planned, window)
+        due = pending.pop()
+        return _Spoken(planned, due, speaker_sink.speech_features(due))
 
     def inpaint(spoken: _Spoken) -> InpaintedFrame:
         # The sink takes effect in the inpainter's stage, in frame order, so every fill uses

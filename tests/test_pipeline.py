@@ -191,4 +191,4 @@ def test_a_staged_speaker_sink_does_no_work_when_nothing_is_covered(
     staged = _SpeakerHeard()
     report = process_file(clip.path, tmp_path / "c.mp4", staged, nothing, FAST, None, staged)
     assert report.faces_restored == report.speaker_windows == 0
-    assert staged.prepared == [] and staged.in_use == []
+    assert staged.prepared == [] and set(staged.in_use) == {None}  # empty batches only

@@ -11,7 +11,9 @@ outputs; ``inpaint`` runs only the per-face graph, batched across the faces of a
 
 ``use_speech`` does the first step from a ``SpeechWindow`` (16 kHz voiced speech), so the
 file pipeline takes it as its speaker sink:
-``process_file(..., inpainter, ..., speaker_sink=inpainter.use_speech)``.
+``process_file(..., inpainter, ..., speaker_sink=inpainter.use_speech)``; given the inpainter
+itself (a ``stream.speaker.StagedSpeakerSink``: ``speech_features`` + ``use_features``), the
+pipeline makes the features in a stage of its own and only for windows a fill uses.
 
 A caller serving several speakers with one model (the frame service: one voice per stream)
 keeps each speaker's features itself: ``speech_features`` computes them without making them

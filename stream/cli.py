@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
+from stream.batch_cli import add_batch_subparser, run_batch_command
 from stream.composite import FEATHER_PX
 from stream.engines_cli import (
     add_backend_arguments,
@@ -20,6 +21,7 @@ from stream.engines_cli import (
     run_engines,
 )
 from stream.errors import AvstreamError, InputError, UsageError
+from stream.fleet_cli import add_fleet_subparser, run_fleet_command
 from stream.inpaint import Inpainter, OpenCVInpainter, OpenCVMethod
 from stream.media import EncodeOptions
 from stream.occlusion import FixedRegion, OcclusionModel
@@ -133,6 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="output file (.mp4, .mkv, .mov, .m4v); never the input",
     )
+    add_process_options(proc)
+    proc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_backend_arguments(proc)
+    _add_live(sub)
+    _add_serve(sub)
+    _add_convert(sub)
+    add_engines_subparser(sub, _Parser)
+    add_batch_subparser(sub, _Parser, add_process_options)
+    add_fleet_subparser(sub, _Parser)
+    sub.add_parser(
+        "train", help="prepare data, train and evaluate (see avstream train -h)", add_help=False
+    )
+    sub.add_parser(
+        "eval",
+        help="compare a model with the OpenCV baselines (see avstream eval -h)",
+        add_help=False,
+    )
+    return parser
+
+
+def add_process_options(proc: argparse.ArgumentParser) -> None:
+    """Every ``process`` option but the input, ``-o`` and the backend's: shared by ``process``
+    and ``batch``, which applies them to every file."""
     _add_region_options(proc)
     proc.add_argument(
         "--inpainter",
@@ -183,21 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
         "on the input's timeline, or none (the neutral speaker throughout)",
     )
     _add_provenance_options(proc, "OUTPUT's name with .restored.jsonl, beside it")
-    proc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_backend_arguments(proc)
-    _add_live(sub)
-    _add_serve(sub)
-    _add_convert(sub)
-    add_engines_subparser(sub, _Parser)
-    sub.add_parser(
-        "train", help="prepare data, train and evaluate (see avstream train -h)", add_help=False
-    )
-    sub.add_parser(
-        "eval",
-        help="compare a model with the OpenCV baselines (see avstream eval -h)",
-        add_help=False,
-    )
-    return parser
 
 
 def _add_convert(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -594,9 +604,32 @@ def _occlusion_model(args: argparse.Namespace) -> OcclusionModel:
 
 def _run_process(args: argparse.Namespace) -> int:
     occlusion = _occlusion_model(args)
+    options = process_options(args)
+    with _open_inpainter(args, threads=args.threads) as (inpainter, speaker_sink):
+        sink = process_speaker_sink(args, inpainter, speaker_sink)
+        report = _process_with_progress(args, inpainter, occlusion, options, sink)
+    _print_summary(report)
+    return EXIT_OK
+
+
+def process_speaker_sink(
+    args: argparse.Namespace, inpainter: Inpainter, speaker_sink: SpeakerSink | None
+) -> SpeakerSink | StagedSpeakerSink | None:
+    """What hears the speech in ``process`` (and in each file of ``batch``): nothing with
+    ``--speaker-audio none``, the model itself when it stages its speaker front end, else
+    ``speaker_sink``."""
+    if args.speaker_audio == "none":
+        return None
+    if speaker_sink is not None and isinstance(inpainter, StagedSpeakerSink):
+        return inpainter  # the same windows, the speaker front end in a stage of its own
+    return speaker_sink
+
+
+def process_options(args: argparse.Namespace) -> ProcessOptions:
+    """The ``ProcessOptions`` of ``add_process_options``' arguments (``process``, ``batch``)."""
     if args.detect_every < 1:
         raise UsageError(f"--detect-every must be >= 1, got {args.detect_every}")
-    options = ProcessOptions(
+    return ProcessOptions(
         tracker=TrackerOptions(detect_every=args.detect_every),
         encode=EncodeOptions(crf=args.crf, preset=args.preset, threads=args.threads),
         feather_px=args.feather_px,
@@ -606,15 +639,6 @@ def _run_process(args: argparse.Namespace) -> int:
         sidecar=not args.no_sidecar,
         mark_restored=args.mark_restored,
     )
-    with _open_inpainter(args, threads=args.threads) as (inpainter, speaker_sink):
-        sink: SpeakerSink | StagedSpeakerSink | None = speaker_sink
-        if args.speaker_audio == "none":
-            sink = None
-        elif sink is not None and isinstance(inpainter, StagedSpeakerSink):
-            sink = inpainter  # the same windows, the speaker front end in a stage of its own
-        report = _process_with_progress(args, inpainter, occlusion, options, sink)
-    _print_summary(report)
-    return EXIT_OK
 
 
 def _speaker_audio(args: argparse.Namespace) -> Path | None:
@@ -753,6 +777,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run_convert(args)
         if args.command == "engines":
             return run_engines(args)
+        if args.command == "batch":
+            return run_batch_command(args)
+        if args.command == "fleet":
+            return run_fleet_command(args)
         parser.error(f"unknown command {args.command}")
     except UsageError as exc:
         print(f"avstream: error: {exc}", file=sys.stderr)

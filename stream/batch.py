@@ -679,7 +679,17 @@ def _run_pool(
 
     queue: deque[tuple[Job, int]] = deque((job, 1) for job in pending)
     idle = list(actors)
+    alive = len(actors)
     running: dict[Any, _InFlight] = {}
+    pings: dict[Any, Any] = {}
+    """A worker whose process died is used again once Ray has restarted it: a ``describe``
+    call (ref -> actor) says when."""
+    lost = (
+        ray.exceptions.RayActorError,
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.NodeDiedError,
+        ray.exceptions.ObjectLostError,
+    )
 
     def finish(flight: _InFlight, outcome: Outcome | None, error: str | None) -> None:
         record = _record(flight, outcome, error, options, digest)
@@ -696,48 +706,67 @@ def _run_pool(
         if on_record is not None:
             on_record(record)
 
+    def check_back(ref: Any) -> None:
+        nonlocal alive
+        actor = pings.pop(ref)
+        try:
+            ray.get(ref)
+        except ray.exceptions.ActorDiedError as exc:
+            # Dead for good (its restart failed, e.g. the model did not load there).
+            alive -= 1
+            log.warning("batch: a worker could not be restarted: %s", _ray_error(exc))
+            if alive == 0:
+                while queue:
+                    job, attempt = queue.popleft()
+                    finish(_InFlight(job, attempt, actor), None, f"no worker left: {exc}")
+            return
+        except lost:
+            time.sleep(0.2)  # still restarting
+            pings[actor.describe.remote()] = actor
+            return
+        idle.append(actor)
+
+    def collect(ref: Any) -> None:
+        flight = running.pop(ref)
+        try:
+            outcome: Outcome = ray.get(ref)
+        except lost as exc:
+            # The worker process died (killed, out of memory, node lost) during the file.
+            tally.retried += 1
+            pings[flight.actor.describe.remote()] = flight.actor
+            remove_partials(flight.job.output)
+            if flight.attempt <= settings.retries:
+                log.warning("batch: worker died on %s (%s); retrying", flight.job.input, exc)
+                queue.appendleft((flight.job, flight.attempt + 1))
+            else:
+                error = f"worker died {flight.attempt} times, last: {_ray_error(exc)}"
+                finish(flight, None, error)
+            return
+        except ray.exceptions.RayTaskError as exc:
+            idle.append(flight.actor)
+            finish(flight, None, _ray_error(exc))
+            return
+        idle.append(flight.actor)
+        finish(flight, outcome, None)
+
     try:
-        while queue or running:
+        while (queue and tally.fatal is None) or running:
             while queue and idle and tally.fatal is None:
                 job, attempt = queue.popleft()
                 actor = idle.pop()
                 running[actor.process.remote(job)] = _InFlight(job, attempt, actor)
-            if not running:
-                break  # a fatal error emptied the pool
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            ready, _ = ray.wait([*running, *pings], num_returns=1, timeout=1.0)
             for ref in ready:
-                flight = running.pop(ref)
-                idle.append(flight.actor)
-                try:
-                    outcome: Outcome = ray.get(ref)
-                except (
-                    ray.exceptions.RayActorError,
-                    ray.exceptions.WorkerCrashedError,
-                    ray.exceptions.NodeDiedError,
-                    ray.exceptions.ObjectLostError,
-                ) as exc:
-                    tally.retried += 1
-                    if flight.attempt <= settings.retries:
-                        log.warning(
-                            "batch: worker died on %s (%s); retrying", flight.job.input, exc
-                        )
-                        queue.appendleft((flight.job, flight.attempt + 1))
-                    else:
-                        finish(flight, None, f"worker died {flight.attempt} times: last: "
-                               f"{_ray_error(exc)}")
-                    continue
-                except ray.exceptions.RayTaskError as exc:
-                    finish(flight, None, _ray_error(exc))
-                    continue
-                finish(flight, outcome, None)
+                if ref in pings:
+                    check_back(ref)
+                else:
+                    collect(ref)
     finally:
         # Ctrl-C or an error: stop the workers, and remove what they were writing.
-        for flight in running.values():
-            ray.kill(flight.actor)
-        for flight in running.values():
-            remove_partials(flight.job.output)
         for actor in actors:
             ray.kill(actor)
+        for flight in running.values():
+            remove_partials(flight.job.output)
     return size
 
 

@@ -226,7 +226,8 @@ def expand_inputs(specs: Sequence[str], output_dir: Path) -> tuple[Job, ...]:
         path = Path(spec)
         if _GLOB_CHARS.search(spec):
             base = _glob_base(spec)
-            found = [Path(p) for p in sorted(glob.glob(spec, recursive=True))]
+            # glob.glob, not Path.glob: the pattern may be absolute.
+            found = [Path(p) for p in sorted(glob.glob(spec, recursive=True))]  # noqa: PTH207
             files = [p for p in found if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
             if not files:
                 raise UsageError(f"no video file matches {spec}")
@@ -368,13 +369,14 @@ class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8")
+        # Unbuffered: a record is written by one call or not at all, and a failed write
+        # leaves nothing behind to fail again on close.
+        self._file = path.open("ab", buffering=0)
 
     def append(self, record: FileRecord) -> None:
         """Write one record durably; a full disk raises ``OutputError``."""
         try:
-            self._file.write(record.to_json() + "\n")
-            self._file.flush()
+            self._file.write((record.to_json() + "\n").encode())
             os.fsync(self._file.fileno())
         except OSError as exc:
             raise OutputError(f"cannot write the ledger {self.path}: {_os_error(exc)}") from exc
@@ -454,16 +456,12 @@ class FileWorker:
         self._occlusion: OcclusionModel = cli._occlusion_model(args)
         self._options: ProcessOptions = cli.process_options(args)
         self._stack = contextlib.ExitStack()
-        inpainter, sink = self._stack.enter_context(
-            cli._open_inpainter(args, threads=args.threads)
-        )
+        inpainter, sink = self._stack.enter_context(cli._open_inpainter(args, threads=args.threads))
         self._inpainter: Inpainter = inpainter
         self._sink: Callable[[SpeechWindow], None] | None = (
             None if args.speaker_audio == "none" else sink
         )
-        self._info = WorkerInfo(
-            pid=os.getpid(), node_id=_node_id(), hostname=socket.gethostname()
-        )
+        self._info = WorkerInfo(pid=os.getpid(), node_id=_node_id(), hostname=socket.gethostname())
 
     def describe(self) -> WorkerInfo:
         """Where this worker runs."""
@@ -637,12 +635,11 @@ def _pool_size(settings: BatchSettings, pending: int) -> int:
 
     if settings.workers is not None:
         return min(settings.workers, pending)
-    cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    by_cpu = int(cpus // settings.cpus_per_worker)
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    size = int(resources.get("CPU", 1.0) // settings.cpus_per_worker)
     if settings.gpus_per_worker > 0:
-        gpus = float(ray.cluster_resources().get("GPU", 0.0))
-        by_cpu = min(by_cpu, int(gpus // settings.gpus_per_worker))
-    return max(1, min(by_cpu, pending))
+        size = min(size, int(resources.get("GPU", 0.0) // settings.gpus_per_worker))
+    return max(1, min(size, pending))
 
 
 def _run_pool(
@@ -660,7 +657,8 @@ def _run_pool(
     import ray.exceptions
 
     size = _pool_size(settings, len(pending))
-    worker_class = ray.remote(FileWorker).options(  # type: ignore[attr-defined]
+    # Any: Ray's handle types do not follow the method calls made through them.
+    worker_class: Any = ray.remote(FileWorker).options(
         num_cpus=settings.cpus_per_worker,
         num_gpus=settings.gpus_per_worker,
         # Ray restarts a worker process that dies (the model is opened again); the file it
@@ -668,7 +666,7 @@ def _run_pool(
         max_restarts=-1,
         max_task_retries=0,
     )
-    actors = [worker_class.remote(args) for _ in range(size)]
+    actors: list[Any] = [worker_class.remote(args) for _ in range(size)]
     try:
         infos = ray.get([actor.describe.remote() for actor in actors])
     except ray.exceptions.RayError as exc:

@@ -54,8 +54,8 @@ class LocalCluster:
     def alive_nodes(self) -> int:
         """Nodes the head reports alive (asked from a short-lived driver subprocess)."""
         code = (
-            "import ray; ray.init(address=%r, logging_level='ERROR');"
-            "print(sum(1 for n in ray.nodes() if n['Alive']))" % self.address
+            f"import ray; ray.init(address={self.address!r}, logging_level='ERROR');"
+            "print(sum(1 for n in ray.nodes() if n['Alive']))"
         )
         out = subprocess.run(
             [sys.executable, "-c", code],

@@ -165,10 +165,8 @@ def test_ledger_on_a_full_disk_is_a_clear_error(tmp_path: Path) -> None:
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
     job = Job(touch(tmp_path / "in.mp4"), tmp_path / "o.mp4")
-    ledger = Ledger.__new__(Ledger)
-    ledger.path = Path("/dev/full")
-    ledger._file = Path("/dev/full").open("a", encoding="utf-8")
-    with pytest.raises(OutputError, match="disk full"):
+    # /dev/full: every write fails with ENOSPC, as on a full disk.
+    with Ledger(Path("/dev/full")) as ledger, pytest.raises(OutputError, match="disk full"):
         ledger.append(record(job, "d"))
 
 
@@ -195,7 +193,9 @@ def test_gpu_backends_ask_ray_for_a_gpu(tmp_path: Path) -> None:
     assert "engine_cache" not in args.process_dests
 
 
-def test_batch_usage_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_batch_usage_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["batch", "-o", str(tmp_path / "o")]) == 2
     assert "give input files" in capsys.readouterr().err
     touch(tmp_path / "a.mp4")

@@ -20,7 +20,14 @@ import pytest
 from helpers import audio_packets, video_frames
 from raycluster import LocalCluster, cluster_env, local_cluster
 
-from stream.batch import LEDGER_NAME, SUMMARY_NAME, BatchSettings, WorkerInfo, read_ledger, run_batch
+from stream.batch import (
+    LEDGER_NAME,
+    SUMMARY_NAME,
+    BatchSettings,
+    WorkerInfo,
+    read_ledger,
+    run_batch,
+)
 from stream.batch_cli import batch_jobs
 from stream.cli import build_parser, main
 from stream.testclip import ClipSpec, make_talking_head_clip

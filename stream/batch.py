@@ -26,7 +26,9 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -528,6 +530,10 @@ def ray_session(address: str | None, local_cpus: int | None = None) -> Iterator[
     None, else the cluster at ``address``. Raises ``AvstreamError`` when it cannot connect."""
     import ray
 
+    # ray.init replaces the SIGTERM handler with sys.exit; the caller's (the CLI's: stop
+    # cleanly as on Ctrl-C) is put back below.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if in_main else None
     try:
         if address is None:
             ray.init(
@@ -541,6 +547,8 @@ def ray_session(address: str | None, local_cpus: int | None = None) -> Iterator[
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local Ray"
         raise AvstreamError(f"cannot start or join {where}: {_one_line(exc)}") from exc
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
     try:
         yield
     finally:

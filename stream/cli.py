@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from stream.batch_cli import add_batch_subparser, run_batch_command
 from stream.composite import FEATHER_PX
@@ -31,6 +32,9 @@ from stream.restore import ReuseOptions
 from stream.speaker import SpeechWindow, StagedSpeakerSink
 from stream.track import TrackerOptions
 from stream.types import Mask
+
+if TYPE_CHECKING:
+    from stream.live import LiveOptions, LiveOutputs
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -351,43 +355,9 @@ def _add_live(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _run_live(args: argparse.Namespace) -> int:
-    from stream.live import (
-        LiveOptions,
-        LiveOutputs,
-        LiveSession,
-        LiveStats,
-        SourceOptions,
-        is_url,
-        run_live,
-    )
-    from stream.rtsp import parse_rtsp_url
+    from stream.live import LiveSession, LiveStats, is_url, run_live
 
-    if args.detect_every < 1:
-        raise UsageError(f"--detect-every must be >= 1, got {args.detect_every}")
-    if args.reconnect_max_s < 0.5:
-        raise UsageError(f"--reconnect-max-s must be >= 0.5, got {args.reconnect_max_s}")
-    if args.model_threads < 0:
-        raise UsageError(f"--model-threads must be >= 0, got {args.model_threads}")
-    outputs = LiveOutputs(
-        serve=parse_rtsp_url(args.serve) if args.serve else None, record=args.record
-    )
-    options = LiveOptions(
-        max_latency_ms=args.max_latency_ms,
-        tracker=TrackerOptions(detect_every=args.detect_every),
-        feather_px=args.feather_px,
-        source=SourceOptions(
-            rtsp_transport=args.rtsp_transport,
-            backoff_max_s=args.reconnect_max_s,
-            give_up_after_s=args.give_up_after_s,
-        ),
-        record_encode=EncodeOptions(crf=args.crf, preset=args.preset),
-        serve_bitrate_kbps=args.bitrate_kbps,
-        stats_interval_s=args.stats_every_s,
-        speaker=not args.no_speaker,
-        reuse=None if args.no_reuse else ReuseOptions(),
-        sidecar=not args.no_sidecar,
-        mark_restored=args.mark_restored,
-    )
+    outputs, options = live_settings(args)
     # LiveSession checks this too, but only after the slow loads below (segmenter, model):
     # a mistyped path should fail at once, like the usage errors above.
     if not is_url(args.source) and not Path(args.source).is_file():
@@ -433,6 +403,41 @@ def _run_live(args: argparse.Namespace) -> int:
     if args.record and report.recorded is None:
         print("avstream: warning: nothing was recorded (no frame arrived)", file=sys.stderr)
     return EXIT_OK
+
+
+def live_settings(args: argparse.Namespace) -> tuple[LiveOutputs, LiveOptions]:
+    """The outputs and options of the ``live`` arguments (``live``, and each camera of
+    ``fleet``); raises ``UsageError`` on a bad value."""
+    from stream.live import LiveOptions, LiveOutputs, SourceOptions
+    from stream.rtsp import parse_rtsp_url
+
+    if args.detect_every < 1:
+        raise UsageError(f"--detect-every must be >= 1, got {args.detect_every}")
+    if args.reconnect_max_s < 0.5:
+        raise UsageError(f"--reconnect-max-s must be >= 0.5, got {args.reconnect_max_s}")
+    if args.model_threads < 0:
+        raise UsageError(f"--model-threads must be >= 0, got {args.model_threads}")
+    outputs = LiveOutputs(
+        serve=parse_rtsp_url(args.serve) if args.serve else None, record=args.record
+    )
+    options = LiveOptions(
+        max_latency_ms=args.max_latency_ms,
+        tracker=TrackerOptions(detect_every=args.detect_every),
+        feather_px=args.feather_px,
+        source=SourceOptions(
+            rtsp_transport=args.rtsp_transport,
+            backoff_max_s=args.reconnect_max_s,
+            give_up_after_s=args.give_up_after_s,
+        ),
+        record_encode=EncodeOptions(crf=args.crf, preset=args.preset),
+        serve_bitrate_kbps=args.bitrate_kbps,
+        stats_interval_s=args.stats_every_s,
+        speaker=not args.no_speaker,
+        reuse=None if args.no_reuse else ReuseOptions(),
+        sidecar=not args.no_sidecar,
+        mark_restored=args.mark_restored,
+    )
+    return outputs, options
 
 
 def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:

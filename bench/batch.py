@@ -6,8 +6,9 @@ process per file, as a user would run it), of ``avstream batch`` with one worker
 run, interleaved, medians over ``--runs``. ``overhead_per_file_s`` is what batch costs per
 file over the loop with the same serial work (one worker): Ray's start and the ledger, less
 the model and interpreter start the loop pays per file; ``batch_1.fixed_s`` is the part of
-batch's wall time that does not grow with the files (Ray, worker start). ``per_file_s``: for the loop, one
-``avstream process`` (its start included); for batch, a worker's time on one file (ledger).
+batch's wall time that does not grow with the files (Ray, worker start). ``per_file_s``: for
+the loop, one ``avstream process`` (its start included); for batch, a worker's time on one
+file (from the ledger).
 
     python -m bench.batch                      # 6 generated 2 s 320x240 clips, Telea
     python -m bench.batch --files 12 --runs 3 --inpainter model

@@ -188,16 +188,25 @@ def run_batch_command(args: argparse.Namespace) -> int:
             if record.status == "failed":
                 bar.write(f"avstream batch: failed {record.input}: {record.error}", file=sys.stderr)
 
-        summary = run_batch(
-            jobs,
-            args,
-            options,
-            args.output_dir / LEDGER_NAME,
-            settings,
-            on_plan=on_plan,
-            on_record=on_record,
-            on_workers=on_workers,
-        )
+        try:
+            summary = run_batch(
+                jobs,
+                args,
+                options,
+                args.output_dir / LEDGER_NAME,
+                settings,
+                on_plan=on_plan,
+                on_record=on_record,
+                on_workers=on_workers,
+            )
+        except KeyboardInterrupt:
+            bar.close()
+            print(
+                "avstream batch: interrupted; finished files are kept and in the ledger, "
+                "files in progress were removed; run the same command to resume",
+                file=sys.stderr,
+            )
+            return 130
     _save_summary(summary, args.output_dir / SUMMARY_NAME)
     if args.json:
         print(json.dumps(summary.to_dict(), sort_keys=True))

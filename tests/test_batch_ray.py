@@ -225,3 +225,42 @@ def test_a_worker_killed_mid_file_is_restarted_and_the_file_retried(
     assert not partials(out)
     for name, output in mirrored(out).items():
         assert_same_media(output, references[name])
+
+
+def test_sigterm_stops_cleanly_and_a_rerun_resumes(
+    cluster: LocalCluster, clips: dict[str, Path], references: dict[str, Path], tmp_path: Path
+) -> None:
+    inputs_dir = clips["a.mp4"].parent
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "stream.cli", "batch", str(inputs_dir), "-o", str(out)]
+    command += ["--address", cluster.address, "--no-progress", "--workers", "1", *OPTIONS]
+    batch = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster_env()
+    )
+    try:
+        # Stop it while the second file is being written: one done, one in progress.
+        ledger = out / LEDGER_NAME
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (
+            ledger.is_file() and ledger.read_text().count("\n") >= 1 and partials(out)
+        ):
+            time.sleep(0.005)
+        assert partials(out), "the second file never started"
+        batch.send_signal(signal.SIGTERM)
+        _, stderr = batch.communicate(timeout=60)
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+            batch.wait()
+    assert batch.returncode == 130, stderr[-3000:]
+    assert "interrupted" in stderr and "resume" in stderr
+    assert not partials(out)
+    # The stop lands within a second (the driver's wait): the file in progress may finish.
+    records = read_ledger(out / LEDGER_NAME)
+    assert {r.status for r in records.values()} == {"done"} and 1 <= len(records) < 3
+    rerun = batch_cli(cluster, [inputs_dir], out)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = summary_of(rerun)
+    assert (summary["done"], summary["skipped"]) == (3 - len(records), len(records))
+    for name, output in mirrored(out).items():
+        assert_same_media(output, references[name])

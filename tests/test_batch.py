@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from stream.batch import (
     FileRecord,
+    FileWorker,
     Fingerprint,
     Job,
     Ledger,
@@ -27,6 +29,7 @@ from stream.batch_cli import batch_settings
 from stream.cli import build_parser, main
 from stream.errors import OutputError, UsageError
 from stream.media import AtomicOutput
+from stream.testclip import ClipTruth
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -201,3 +204,34 @@ def test_batch_usage_errors_are_one_line(
     touch(tmp_path / "a.mp4")
     assert main(["batch", str(tmp_path / "a.mp4"), "-o", str(tmp_path), "--workers", "0"]) == 2
     assert "--workers must be >= 1" in capsys.readouterr().err
+
+
+def test_the_worker_restores_files_in_process_and_reports_a_full_disk(
+    clip: ClipTruth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = build_parser().parse_args(
+        ["batch", str(clip.path), "-o", str(tmp_path), "--inpainter", "telea", "--threads", "1"]
+    )
+    worker = FileWorker(args)  # what each Ray actor holds, here without Ray
+    try:
+        done = worker.process(Job(clip.path, tmp_path / "sub" / "a.mp4"))
+        assert done.status == "done" and done.error is None and not done.fatal
+        assert done.frames == clip.frame_count and done.worker.pid == os.getpid()
+        assert done.input_sha256 == file_sha256(clip.path)
+        assert (tmp_path / "sub" / "a.mp4").is_file()
+
+        broken = touch(tmp_path / "broken.mp4", b"not a video")
+        failed = worker.process(Job(broken, tmp_path / "b.mp4"))
+        assert failed.status == "failed" and not failed.fatal
+        assert failed.error is not None and "broken.mp4" in failed.error
+        assert "\n" not in failed.error
+
+        def full(*args: object, **kwargs: object) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr("stream.pipeline.process_file", full)
+        fatal = worker.process(Job(clip.path, tmp_path / "c.mp4"))
+        assert fatal.status == "failed" and fatal.fatal
+        assert fatal.error == f"disk full writing {tmp_path / 'c.mp4'}"
+    finally:
+        worker.close()

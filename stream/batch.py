@@ -408,18 +408,21 @@ def is_done(record: FileRecord | None, job: Job, options_sha256: str) -> bool:
 
 
 def remove_partials(output: Path) -> int:
-    """Delete temporary outputs (``AtomicOutput``'s ``.NAME.<hex>.partial.EXT``) left beside
-    ``output`` by a process that was killed; returns how many."""
-    pattern = re.compile(
-        rf"^\.{re.escape(output.stem)}\.[0-9a-f]{{12}}\.partial{re.escape(output.suffix)}$"
-    )
+    """Delete temporary files (``AtomicOutput``'s ``.NAME.<hex>.partial.EXT``) of ``output``
+    and of its provenance sidecar left by a process that was killed; returns how many."""
+    from stream.provenance import sidecar_path
+
     removed = 0
-    if not output.parent.is_dir():
-        return 0
-    for candidate in output.parent.iterdir():
-        if pattern.match(candidate.name):
-            candidate.unlink(missing_ok=True)
-            removed += 1
+    for final in (output, sidecar_path(output)):
+        pattern = re.compile(
+            rf"^\.{re.escape(final.stem)}\.[0-9a-f]{{12}}\.partial{re.escape(final.suffix)}$"
+        )
+        if not final.parent.is_dir():
+            continue
+        for candidate in final.parent.iterdir():
+            if pattern.match(candidate.name):
+                candidate.unlink(missing_ok=True)
+                removed += 1
     return removed
 
 

@@ -273,9 +273,10 @@ class CameraWorker:
 
 def _remove_partial_recordings(record: Path) -> None:
     """Temporary recordings of a process that was killed (they cannot be finalised)."""
+    # The recording's and its provenance sidecar's (NAME-<time>.restored.jsonl).
     pattern = re.compile(
-        rf"^\.{re.escape(record.stem)}-\d{{8}}T\d{{12}}Z\.[0-9a-f]{{12}}\.partial"
-        rf"{re.escape(record.suffix)}$"
+        rf"^\.{re.escape(record.stem)}-\d{{8}}T\d{{12}}Z(\.restored)?\.[0-9a-f]{{12}}"
+        r"\.partial\.[A-Za-z0-9]+$"
     )
     if record.parent.is_dir():
         for candidate in record.parent.iterdir():

@@ -178,10 +178,12 @@ def test_remove_partials_only_touches_that_outputs_temporaries(tmp_path: Path) -
     with AtomicOutput(output) as atomic:
         touch(atomic.temp_path)
         partial = atomic.temp_path
+        sidecar = touch(tmp_path / ".a.restored.0123456789ab.partial.jsonl")
         other = touch(tmp_path / ".a.b.0123456789ab.partial.mp4")  # output "a.b.mp4"
         keep = touch(tmp_path / "a.mp4.partial")
-        assert remove_partials(output) == 1
-        assert not partial.exists() and other.exists() and keep.exists()
+        assert remove_partials(output) == 2
+        assert not partial.exists() and not sidecar.exists()
+        assert other.exists() and keep.exists()
 
 
 def test_gpu_backends_ask_ray_for_a_gpu(tmp_path: Path) -> None:

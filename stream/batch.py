@@ -55,6 +55,8 @@ VIDEO_SUFFIXES = frozenset(
 """What a folder or glob input picks up (``process`` reads anything FFmpeg opens)."""
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _HASH_CHUNK_BYTES = 1 << 20
+_KILL_WAIT_S = 10.0
+"""How long a stopped batch waits for its killed workers to be gone."""
 
 Status = Literal["done", "failed"]
 
@@ -486,9 +488,11 @@ class FileWorker:
             fingerprint = Fingerprint.of(job.input)
             sha = file_sha256(job.input)
             job.output.parent.mkdir(parents=True, exist_ok=True)
+            # Each file starts as a fresh `process` would: the region model without the
+            # previous file's tracks (the segmenter smooths and reuses masks per track),
+            # the network with the neutral speaker rather than the previous file's voice.
+            self._occlusion.reset()
             if isinstance(self._inpainter, ModelInpainter):
-                # A fresh model (as in `process`) starts with the neutral speaker, not the
-                # voice of the previous file.
                 self._inpainter.use_features(None)
             report = process_file(
                 job.input,
@@ -771,9 +775,12 @@ def _run_pool(
                 else:
                     collect(ref)
     finally:
-        # Ctrl-C or an error: stop the workers, and remove what they were writing.
+        # Ctrl-C or an error: stop the workers, and once their calls say they are gone (no
+        # more writes), remove what they were writing.
         for actor in actors:
             ray.kill(actor)
+        if running:
+            ray.wait(list(running), num_returns=len(running), timeout=_KILL_WAIT_S)
         for flight in running.values():
             remove_partials(flight.job.output)
     return size

@@ -192,6 +192,7 @@ class CameraWorker:
 
     def _run(self) -> None:
         from stream.live import LiveSession
+        from stream.model_inpainter import ModelInpainter
 
         while not self._stop.is_set():
             outputs = self._outputs
@@ -201,6 +202,9 @@ class CameraWorker:
                     outputs, record=session_recording(outputs.record, started)
                 )
             session: LiveSession | None = None
+            if isinstance(self._inpainter, ModelInpainter):
+                # Each session starts as a fresh `avstream live` would: the neutral speaker.
+                self._inpainter.use_features(None)
             try:
                 session = LiveSession(
                     self._source,

@@ -45,9 +45,11 @@ def free_port() -> int:
 
 @dataclass
 class LocalCluster:
-    """A running cluster: ``address`` (HOST:PORT of the head's GCS) for ``--address``."""
+    """A running cluster: ``address`` (HOST:PORT of the head's GCS) for ``--address``, and
+    ``client_address`` (``ray://HOST:PORT``, Ray Client on the head)."""
 
     address: str
+    client_address: str
     temp_dir: Path
     nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -120,12 +122,16 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
 def local_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[LocalCluster]:
     """Start a head and ``nodes - 1`` more nodes; yield once all are alive; kill them all."""
     temp_dir = Path(tempfile.mkdtemp(prefix="avray", dir="/tmp"))  # unix sockets: short path
-    port = free_port()
-    cluster = LocalCluster(address=f"127.0.0.1:{port}", temp_dir=temp_dir)
+    port, client_port = free_port(), free_port()
+    cluster = LocalCluster(
+        address=f"127.0.0.1:{port}",
+        client_address=f"ray://127.0.0.1:{client_port}",
+        temp_dir=temp_dir,
+    )
     env = cluster_env()
     try:
         head = [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false"]
-        head += [f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}"]
+        head += [f"--dashboard-port={free_port()}", f"--ray-client-server-port={client_port}"]
         head += [f"--temp-dir={temp_dir}", *_node_args(cpus_per_node)]
         cluster.nodes.append(_spawn(head, env, temp_dir / "head.log"))
         _wait_for_port(port, cluster)

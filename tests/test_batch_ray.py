@@ -67,11 +67,13 @@ def references(clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
 
 
 def batch_cli(
-    cluster: LocalCluster, inputs: list[Path], out: Path, *extra: str
+    cluster: LocalCluster, inputs: list[Path], out: Path, *extra: str, client: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """``avstream batch`` in a process of its own, joining the cluster."""
+    """``avstream batch`` in a process of its own, joining the cluster (through Ray Client
+    with ``client``)."""
+    address = cluster.client_address if client else cluster.address
     command = [sys.executable, "-m", "stream.cli", "batch", *map(str, inputs), "-o", str(out)]
-    command += ["--address", cluster.address, "--no-progress", "--json", *OPTIONS, *extra]
+    command += ["--address", address, "--no-progress", "--json", *OPTIONS, *extra]
     return subprocess.run(
         command, capture_output=True, text=True, env=cluster_env(), timeout=300, check=False
     )
@@ -148,8 +150,8 @@ def test_changed_and_corrupt_inputs(
     broken = src / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))  # an MP4 in name only
     out = tmp_path / "out"
-    run = batch_cli(cluster, [src], out)
-    assert run.returncode == 1  # a file failed
+    run = batch_cli(cluster, [src], out, client=True)  # from "outside": ray://
+    assert run.returncode == 1, run.stderr[-3000:]  # a file failed
     summary = summary_of(run)
     assert (summary["done"], summary["failed"]) == (1, 1)
     [failure] = summary["failures"]

@@ -266,3 +266,30 @@ def test_sigterm_stops_cleanly_and_a_rerun_resumes(
     assert (summary["done"], summary["skipped"]) == (3 - len(records), len(records))
     for name, output in mirrored(out).items():
         assert_same_media(output, references[name])
+
+
+@pytest.mark.slow
+def test_model_batch_on_one_worker_equals_process_of_each_file(
+    cluster: LocalCluster, lite_cache: Path, tmp_path: Path
+) -> None:
+    """The network, opened once, restores file after file as a fresh ``process`` each time
+    (the speaker of one file never leaks into the next)."""
+    model = ["--inpainter", "model", "--engine-cache", str(lite_cache), "--max-batch", "1"]
+    # 4 s of speech: the model hears each file's speaker (2 s are needed) and changes voice.
+    inputs = [tmp_path / "in" / "first.mp4", tmp_path / "in" / "second.mp4"]
+    inputs[0].parent.mkdir()
+    for seed, path in enumerate(inputs):
+        make_talking_head_clip(path, ClipSpec(width=320, height=240, duration_s=4.0, seed=seed))
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for clip in inputs:
+        command = ["process", str(clip), "-o", str(refs / clip.name), "--no-progress"]
+        assert main([*command, *OPTIONS, *model]) == 0
+    out = tmp_path / "out"
+    # One worker: the second file is restored by the model that restored the first.
+    run = batch_cli(cluster, inputs, out, "--workers", "1", *model)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = read_ledger(out / LEDGER_NAME)
+    assert len({r.worker_pid for r in records.values()}) == 1
+    for clip in inputs:
+        assert_same_media(out / clip.name, refs / clip.name)

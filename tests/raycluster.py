@@ -53,6 +53,14 @@ class LocalCluster:
     temp_dir: Path
     nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    def node_pids(self, index: int) -> set[int]:
+        """The processes of node ``index`` (0: the head): ``ray start``, its raylet, workers."""
+        return {self.nodes[index].pid, *_descendants(self.nodes[index].pid)}
+
+    def kill_node(self, index: int) -> None:
+        """Take node ``index`` (0: the head) away at once, as a machine that is lost."""
+        _stop([self.nodes[index]])
+
     def alive_nodes(self) -> int:
         """Nodes the head reports alive (asked from a short-lived driver subprocess)."""
         code = (

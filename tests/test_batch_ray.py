@@ -209,14 +209,16 @@ def test_a_worker_killed_mid_file_is_restarted_and_the_file_retried(
 
     thread = threading.Thread(target=run)
     thread.start()
-    # Kill the only worker as soon as it writes its first output.
-    deadline = time.monotonic() + 120
-    while not (workers and partials(out)) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert workers and partials(out), "the worker never started writing"
-    [victim] = workers
-    os.kill(victim.pid, signal.SIGKILL)
-    thread.join(timeout=240)
+    try:
+        # Kill the only worker as soon as it writes its first output.
+        deadline = time.monotonic() + 120
+        while not (workers and partials(out)) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert workers and partials(out), "the worker never started writing"
+        [victim] = workers
+        os.kill(victim.pid, signal.SIGKILL)
+    finally:
+        thread.join(timeout=240)
     assert not thread.is_alive()
     [summary] = result
     assert not isinstance(summary, BaseException), summary
@@ -293,3 +295,68 @@ def test_model_batch_on_one_worker_equals_process_of_each_file(
     assert len({r.worker_pid for r in records.values()}) == 1
     for clip in inputs:
         assert_same_media(out / clip.name, refs / clip.name)
+
+
+@pytest.mark.slow
+def test_a_lost_node_costs_only_its_files_in_flight(
+    clips: dict[str, Path],
+    references: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in cluster_env().items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "out"
+    args = build_parser().parse_args(
+        ["batch", str(clips["a.mp4"].parent), "-o", str(out), "--no-progress", *OPTIONS]
+    )
+    jobs = batch_jobs(args)
+    workers: list[WorkerInfo] = []
+    result: list[object] = []
+    with local_cluster(nodes=2, cpus_per_node=1) as lossy:
+
+        def run() -> None:
+            try:
+                settings = BatchSettings(address=lossy.address, workers=2, retries=1)
+                result.append(
+                    run_batch(
+                        jobs,
+                        args,
+                        {"test": 2},
+                        out / LEDGER_NAME,
+                        settings,
+                        on_workers=workers.extend,
+                    )
+                )
+            except BaseException as exc:
+                result.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            # Both workers writing: then the second node (its raylet and worker) goes away.
+            def videos() -> list[Path]:
+                return [p for p in partials(out) if p.suffix in (".mp4", ".mkv")]
+
+            deadline = time.monotonic() + 120
+            while not (len(workers) == 2 and len(videos()) == 2) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert len(videos()) == 2, "the workers never wrote at the same time"
+            [lost] = [w for w in workers if w.pid in lossy.node_pids(1)]
+            lossy.kill_node(1)
+        finally:
+            # Never leave this process's Ray driver connected to a cluster that is gone.
+            thread.join(timeout=240)
+        assert not thread.is_alive()
+    [summary] = result
+    assert not isinstance(summary, BaseException), summary
+    assert (summary.done, summary.failed) == (3, 0)  # type: ignore[attr-defined]
+    assert summary.retried == 1  # type: ignore[attr-defined]
+    records = read_ledger(out / LEDGER_NAME)
+    retried = [r for r in records.values() if r.attempts == 2]
+    assert len(retried) == 1
+    # Redone on the surviving node (the lost node's worker cannot come back: no room).
+    assert retried[0].node_id != lost.node_id
+    assert not partials(out)
+    for name, output in mirrored(out).items():
+        assert_same_media(output, references[name])

@@ -57,6 +57,8 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 _HASH_CHUNK_BYTES = 1 << 20
 _KILL_WAIT_S = 10.0
 """How long a stopped batch waits for its killed workers to be gone."""
+_CLIENT_CONNECT_ATTEMPTS = 3
+_CLIENT_RETRY_S = 2.0
 
 Status = Literal["done", "failed"]
 
@@ -541,19 +543,27 @@ def ray_session(address: str | None, local_cpus: int | None = None) -> Iterator[
     # cleanly as on Ctrl-C) is put back below.
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if in_main else None
-    try:
-        if address is None:
-            ray.init(
-                num_cpus=local_cpus,
-                include_dashboard=False,
-                configure_logging=False,
-                log_to_driver=True,
-            )
-        else:
-            ray.init(address=address, configure_logging=False, log_to_driver=True)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = address or "a local Ray"
-        raise AvstreamError(f"cannot start or join {where}: {_one_line(exc)}") from exc
+    # Ray Client's server starts a process per client, which can miss its start-up deadline
+    # on a loaded head ("Initialization failure from server"): try again a few times.
+    attempts = _CLIENT_CONNECT_ATTEMPTS if address and address.startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            if address is None:
+                ray.init(
+                    num_cpus=local_cpus,
+                    include_dashboard=False,
+                    configure_logging=False,
+                    log_to_driver=True,
+                )
+            else:
+                ray.init(address=address, configure_logging=False, log_to_driver=True)
+            break
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = address or "a local Ray"
+            if attempt == attempts:
+                raise AvstreamError(f"cannot start or join {where}: {_one_line(exc)}") from exc
+            log.warning("cannot join %s (%s); trying again", where, _one_line(exc))
+            time.sleep(_CLIENT_RETRY_S)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
     try:

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from stream.inpaint import Inpainter
     from stream.occlusion import OcclusionModel
     from stream.pipeline import ProcessOptions
-    from stream.speaker import SpeechWindow
 
 log = logging.getLogger(__name__)
 
@@ -467,9 +466,7 @@ class FileWorker:
         self._stack = contextlib.ExitStack()
         inpainter, sink = self._stack.enter_context(cli._open_inpainter(args, threads=args.threads))
         self._inpainter: Inpainter = inpainter
-        self._sink: Callable[[SpeechWindow], None] | None = (
-            None if args.speaker_audio == "none" else sink
-        )
+        self._sink = cli.process_speaker_sink(args, inpainter, sink)
         self._info = WorkerInfo(pid=os.getpid(), node_id=_node_id(), hostname=socket.gethostname())
 
     def describe(self) -> WorkerInfo:

@@ -461,10 +461,10 @@ class FileWorker:
         # Imported here: stream.cli imports this module for its subcommand.
         from stream import cli
 
-        self._occlusion: OcclusionModel = cli._occlusion_model(args)
+        self._occlusion: OcclusionModel = cli.occlusion_model(args)
         self._options: ProcessOptions = cli.process_options(args)
         self._stack = contextlib.ExitStack()
-        inpainter, sink = self._stack.enter_context(cli._open_inpainter(args, threads=args.threads))
+        inpainter, sink = self._stack.enter_context(cli.open_inpainter(args, threads=args.threads))
         self._inpainter: Inpainter = inpainter
         self._sink = cli.process_speaker_sink(args, inpainter, sink)
         self._info = WorkerInfo(pid=os.getpid(), node_id=_node_id(), hostname=socket.gethostname())

@@ -159,7 +159,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     settings = batch_settings(args)
     # Fail on a bad option here, once, rather than in every worker.
     cli.process_options(args)
-    cli._occlusion_model(args)
+    cli.occlusion_model(args)
     jobs = batch_jobs(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     options = option_values(args, args.process_dests)

@@ -51,7 +51,7 @@ def _add_region_options(parser: argparse.ArgumentParser) -> None:
     """The region to restore: by default the segmenter finds what covers each face
     (``--mask-detect`` says so explicitly); ``--mask-box`` / ``--mask-image`` ask for a
     fixed crop-space region on every face (the paper's protocol). Shared by process and
-    live (``_occlusion_model``)."""
+    live (``occlusion_model``)."""
     region = parser.add_mutually_exclusive_group()
     region.add_argument(
         "--mask-detect",
@@ -362,7 +362,7 @@ def _run_live(args: argparse.Namespace) -> int:
     # a mistyped path should fail at once, like the usage errors above.
     if not is_url(args.source) and not Path(args.source).is_file():
         raise InputError(f"source not found: {args.source}")
-    occlusion = _occlusion_model(args)
+    occlusion = occlusion_model(args)
 
     def started(session: LiveSession) -> None:
         if session.served_url:
@@ -380,7 +380,7 @@ def _run_live(args: argparse.Namespace) -> int:
 
     # The model is opened (and exported to ONNX on first use) before run_live starts the RTSP
     # server: once GStreamer is loaded, torch's ONNX exporter aborts the process.
-    with _open_inpainter(args, threads=args.model_threads) as (inpainter, speaker_sink):
+    with open_inpainter(args, threads=args.model_threads) as (inpainter, speaker_sink):
         report = run_live(
             args.source,
             inpainter,
@@ -582,8 +582,10 @@ def _run_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _occlusion_model(args: argparse.Namespace) -> OcclusionModel:
-    """The segmenter (the default), or the fixed region of --mask-box / --mask-image."""
+def occlusion_model(args: argparse.Namespace) -> OcclusionModel:
+    """The region model the region options ask for: the segmenter (the default), or the
+    fixed region of --mask-box / --mask-image. Raises ``UsageError`` for bad options (shared
+    by process, live, batch and fleet)."""
     fixed = args.mask_box is not None or args.mask_image is not None
     if fixed:
         if args.mask_threshold is not None:
@@ -608,9 +610,9 @@ def _occlusion_model(args: argparse.Namespace) -> OcclusionModel:
 
 
 def _run_process(args: argparse.Namespace) -> int:
-    occlusion = _occlusion_model(args)
+    occlusion = occlusion_model(args)
     options = process_options(args)
-    with _open_inpainter(args, threads=args.threads) as (inpainter, speaker_sink):
+    with open_inpainter(args, threads=args.threads) as (inpainter, speaker_sink):
         sink = process_speaker_sink(args, inpainter, speaker_sink)
         report = _process_with_progress(args, inpainter, occlusion, options, sink)
     _print_summary(report)
@@ -660,7 +662,7 @@ SpeakerSink = Callable[[SpeechWindow], None]
 
 
 @contextlib.contextmanager
-def _open_inpainter(
+def open_inpainter(
     args: argparse.Namespace, threads: int
 ) -> Iterator[tuple[Inpainter, SpeakerSink | None]]:
     """The inpainter ``--inpainter`` asks for (``process`` and ``live``) and its speaker sink:

@@ -167,11 +167,11 @@ class CameraWorker:
         args = live_arguments(camera.argv)
         self._source: str = args.source
         self._outputs, self._options = live_settings_of(args)
-        self._occlusion: OcclusionModel = cli._occlusion_model(args)
+        self._occlusion: OcclusionModel = cli.occlusion_model(args)
         self._stack = contextlib.ExitStack()
         # The model is opened before any session loads GStreamer (see `avstream live`).
         inpainter, sink = self._stack.enter_context(
-            cli._open_inpainter(args, threads=args.model_threads)
+            cli.open_inpainter(args, threads=args.model_threads)
         )
         self._inpainter: Inpainter = inpainter
         self._sink: Callable[[SpeechWindow], None] | None = sink

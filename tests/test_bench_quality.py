@@ -188,7 +188,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         calls["options"], calls["sink"] = args[4], args[6]
         return real(*args)
 
-    monkeypatch.setattr(stream.cli, "_open_inpainter", open_inpainter)
+    monkeypatch.setattr(stream.cli, "open_inpainter", open_inpainter)
     monkeypatch.setattr(stream.cli, "process_file", process)
     calls["model_sink"] = sink
     yield calls

@@ -139,13 +139,13 @@ class FaceCoverage:
 
 @dataclass
 class _TrackState:
-    probability: Mask
-    covered: bool
+    coverage: FaceCoverage
+    """The decision of the last segmented call (smoothed probability included), reused
+    until the track is due again."""
+    thumbnail: npt.NDArray[np.float32]
+    """The crop's thumbnail at that call (``_thumbnail``)."""
+    segmented_at: int
     last_seen: int
-    coverage: FaceCoverage | None = None
-    """The decision of the last segmented call, reused until the track is due again."""
-    thumbnail: npt.NDArray[np.float32] | None = None
-    segmented_at: int = 0
 
 
 @dataclass
@@ -252,7 +252,6 @@ class MaskDetector:
                 if results[i] is None:
                     state = self._tracks[track_id]
                     state.last_seen = self._calls
-                    assert state.coverage is not None
                     results[i] = state.coverage
         self._forget()
         return [r for r in results if r is not None]
@@ -260,7 +259,7 @@ class MaskDetector:
     def _due(self, state: _TrackState | None, thumbnail: npt.NDArray[np.float32]) -> bool:
         """Whether a face must be segmented this call (see ``refresh_every``)."""
         options = self.options
-        if state is None or state.coverage is None or state.thumbnail is None:
+        if state is None:
             return True
         if self._calls - state.segmented_at >= options.refresh_every:
             return True
@@ -292,12 +291,11 @@ class MaskDetector:
             # Averaged in the crop as it is: the crop is the face's own frame, and what covers
             # a face (a mask, a hand on it) moves with the face, so it stays put in the crop.
             weight = np.float32(self.options.smoothing)
-            probability = weight * probability + (np.float32(1.0) - weight) * state.probability
-            was_covered = state.covered
+            previous = state.coverage.probability_256
+            probability = weight * probability + (np.float32(1.0) - weight) * previous
+            was_covered = state.coverage.covered
         coverage = self._decide(track_id, probability, was_covered)
-        self._tracks[track_id] = _TrackState(
-            probability, coverage.covered, self._calls, coverage, thumbnail, self._calls
-        )
+        self._tracks[track_id] = _TrackState(coverage, thumbnail, self._calls, self._calls)
         return coverage
 
     def _decide(self, track_id: int, probability: Mask, was_covered: bool) -> FaceCoverage:

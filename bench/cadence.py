@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 
 from bench.quality import EVAL_CLIPS, occluder_shapes
-from bench.restore_video import BoolMask, make_masked_clip, to_frame
+from bench.restore_video import BoolMask, make_masked_clip, to_frame, transcode
 from stream.mask_detect import MaskDetectOptions, MaskDetector, Predictor, load_predictor
 from stream.media import VideoReader
 from stream.restore import FaceAnalyser
@@ -112,7 +112,7 @@ def run(clips: Sequence[Path], frames: int, cadences: Sequence[int], work: Path)
         )
         truth = [masked.truth[i] for i in range(len(masked.truth))]
         clean = work / f"clean_{number}.mp4"
-        _copy_frames(source, clean, frames)
+        transcode(source, clean, max_frames=frames, copy_audio=False)
         rows: dict[str, Any] = {}
         base_masked = regions(masked.path, 1, predictor)
         base_clean = regions(clean, 1, predictor)
@@ -140,22 +140,6 @@ def run(clips: Sequence[Path], frames: int, cadences: Sequence[int], work: Path)
         for c in cadences
     }
     return {"frames_per_clip": frames, "clips": per_clip, "mean": pooled}
-
-
-def _copy_frames(source: Path, output: Path, frames: int) -> None:
-    from bench.restore_video import ENCODE
-    from stream.media import VideoWriter, probe
-
-    info = probe(source)
-    with (
-        VideoReader(source, threads=1) as reader,
-        VideoWriter(output, info, ENCODE, copy_audio_from=None) as writer,
-    ):
-        for index, frame in enumerate(reader):
-            if index >= frames:
-                break
-            writer.write(frame)
-        writer.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

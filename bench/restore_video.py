@@ -401,18 +401,32 @@ def _model_arguments() -> argparse.Namespace:
     return parse_backend_arguments(["--model", "lite", "--backend", "onnxruntime"])
 
 
-def transcode_seconds(source: Path, output: Path) -> float:
-    """Wall time of a plain PyAV decode + encode of ``source`` (same encoder settings, audio
-    copied): the floor that the pipeline's wall time is divided by."""
+def transcode(
+    source: Path,
+    output: Path,
+    encode: EncodeOptions = ENCODE,
+    *,
+    max_frames: int | None = None,
+    copy_audio: bool = True,
+) -> None:
+    """A plain PyAV decode + encode of ``source`` (its first ``max_frames`` frames), with no
+    restoration at all: the floor of the speed ratio and the reference of pass-through
+    checks. ``copy_audio``: copy the audio packets too (all of them)."""
     info = probe(source)
-    start = time.perf_counter()
     with (
         VideoReader(source, threads=1) as reader,
-        VideoWriter(output, info, ENCODE, copy_audio_from=source) as writer,
+        VideoWriter(output, info, encode, copy_audio_from=source if copy_audio else None) as writer,
     ):
-        for frame in reader:
+        for frame in itertools.islice(reader, max_frames):
             writer.write(frame)
         writer.finish()
+
+
+def transcode_seconds(source: Path, output: Path) -> float:
+    """Wall time of ``transcode`` (same encoder settings, audio copied): the floor that the
+    pipeline's wall time is divided by."""
+    start = time.perf_counter()
+    transcode(source, output)
     return time.perf_counter() - start
 
 

@@ -67,19 +67,10 @@ REAL_CLEAN = "talking_heads/eval_only/lrs3/lrs3_OzA6jRYjVQs_00004.mp4"
 
 
 def _first_frames(source: Path, output: Path, count: int, crf: int = 12) -> None:
-    from stream.media import VideoReader, VideoWriter, probe
+    from bench.restore_video import transcode
 
-    info = probe(source)
     encode = EncodeOptions(crf=crf, preset="veryfast", threads=1)
-    with (
-        VideoReader(source, threads=1) as reader,
-        VideoWriter(output, info, encode, copy_audio_from=None) as writer,
-    ):
-        for index, frame in enumerate(reader):
-            if index >= count:
-                break
-            writer.write(frame)
-        writer.finish()
+    transcode(source, output, encode, max_frames=count, copy_audio=False)
 
 
 def test_raw_client_gets_a_real_unmasked_clip_back_byte_identical_and_a_masked_one_restored(

@@ -21,10 +21,11 @@ import pytest
 import zmq
 from helpers import video_frames
 
+from bench.restore_video import transcode
 from stream.cli import main
 from stream.inpaint import OpenCVInpainter
 from stream.mask_detect import MaskDetectOptions, MaskDetector, load_predictor
-from stream.media import EncodeOptions, VideoReader, VideoWriter, probe
+from stream.media import EncodeOptions, VideoReader
 from stream.provenance import (
     FrameProvenance,
     decode_region,
@@ -119,26 +120,13 @@ pipeline varies at the level of encoder noise from run to run even for identical
 frames, measured: so a lossy comparison would test the encoder, not us.)"""
 
 
-def _transcode(source: Path, output: Path) -> None:
-    """The same file through the same (lossless) encoder with no restoration at all."""
-    info = probe(source)
-    options = EncodeOptions(crf=0, preset="veryfast", threads=1)
-    with (
-        VideoReader(source, threads=1) as reader,
-        VideoWriter(output, info, options, copy_audio_from=source) as writer,
-    ):
-        for frame in reader:
-            writer.write(frame)
-        writer.finish()
-
-
 def test_process_without_region_flags_leaves_an_unmasked_clip_as_a_transcode(
     make_clip: Any, tmp_path: Path
 ) -> None:
     clean: ClipTruth = make_clip("clean.mp4", occluder=False, duration_s=1.2, crf=12)
     out, plain = tmp_path / "out.mp4", tmp_path / "plain.mp4"
     assert main(["process", str(clean.path), "-o", str(out), *LOSSLESS]) == 0
-    _transcode(clean.path, plain)
+    transcode(clean.path, plain, EncodeOptions(crf=0, preset="veryfast", threads=1))
     ours, _ = video_frames(out)
     reference, _ = video_frames(plain)
     assert len(ours) == len(reference) == clean.frame_count

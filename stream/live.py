@@ -1228,8 +1228,7 @@ class LiveSession:
     def _emit_video(self, item: _VideoItem, restored: _Restored | None) -> None:
         fmt = self._ensure_outputs(item.segment)
         shown = restored.frame if restored is not None else None
-        source = shown.frame.image if shown is not None else item.frame.image
-        shape = (source.shape[0], source.shape[1])
+        shape = (item.frame.image.shape[0], item.frame.image.shape[1])
         if shown is not None and self.options.mark_restored:
             shown = marked(shown, shape)
         image = _fit(shown.frame.image if shown is not None else item.frame.image, fmt)
@@ -1239,10 +1238,10 @@ class LiveSession:
         if self._recorder is not None:
             record = None
             if shown is not None:
-                # Regions are drawn on the source frame; the outputs may pad it by a pixel
-                # (nothing moves) or scale it (a source that changed size on reconnect).
+                # Regions are drawn on the source frame; where _fit scaled the picture (a
+                # source that changed size on reconnect), they are scaled with it.
                 record = frame_provenance(shown, shape)
-                if fmt.width - shape[1] not in (0, 1) or fmt.height - shape[0] not in (0, 1):
+                if not _pads_only(shape, fmt):
                     record = rescaled(record, shape, (fmt.height, fmt.width))
             self._recorder.write_video(image, item.time_s, record)
         latency_ms = (time.monotonic() - item.arrival_s) * 1000.0
@@ -1299,13 +1298,19 @@ def _ewma(previous_s: float, sample_s: float) -> float:
     return previous_s + weight * (sample_s - previous_s)
 
 
+def _pads_only(shape: tuple[int, int], fmt: FeedFormat) -> bool:
+    """Whether ``_fit`` keeps a (height, width) frame's pixels where they are (the same
+    size, or one pixel of padding at the right or bottom) rather than scaling it."""
+    return fmt.width - shape[1] in (0, 1) and fmt.height - shape[0] in (0, 1)
+
+
 def _fit(image: Image, fmt: FeedFormat) -> Image:
     """The frame at the output size: odd sizes padded by one pixel (every pixel kept); a
     source that changed size on reconnect is scaled to the size the outputs started with."""
     height, width = image.shape[:2]
     if (width, height) == (fmt.width, fmt.height):
         return image
-    if fmt.width - width in (0, 1) and fmt.height - height in (0, 1):
+    if _pads_only((height, width), fmt):
         padded = cv2.copyMakeBorder(
             image, 0, fmt.height - height, 0, fmt.width - width, cv2.BORDER_REPLICATE
         )

@@ -4,6 +4,7 @@ over both nodes, resume, a corrupt input, and a worker killed mid-file."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from stream.batch import (
     LEDGER_NAME,
     SUMMARY_NAME,
     BatchSettings,
+    Job,
     WorkerInfo,
     read_ledger,
     run_batch,
@@ -174,6 +176,19 @@ def test_changed_and_corrupt_inputs(
     assert_same_media(out / "good.mp4", references["b.mp4"])
 
 
+def _driver_jobs(
+    clips: dict[str, Path], out: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[argparse.Namespace, tuple[Job, ...]]:
+    """The batch of the clips' folder into ``out``, planned as the driver plans it, for tests
+    that run the driver themselves (with this test's cluster in the environment)."""
+    for key, value in cluster_env().items():
+        monkeypatch.setenv(key, value)
+    args = build_parser().parse_args(
+        ["batch", str(clips["a.mp4"].parent), "-o", str(out), "--no-progress", *OPTIONS]
+    )
+    return args, batch_jobs(args)
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_file_is_restarted_and_the_file_retried(
     cluster: LocalCluster,
@@ -182,13 +197,8 @@ def test_a_worker_killed_mid_file_is_restarted_and_the_file_retried(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key, value in cluster_env().items():
-        monkeypatch.setenv(key, value)
     out = tmp_path / "out"
-    args = build_parser().parse_args(
-        ["batch", str(clips["a.mp4"].parent), "-o", str(out), "--no-progress", *OPTIONS]
-    )
-    jobs = batch_jobs(args)
+    args, jobs = _driver_jobs(clips, out, monkeypatch)
     workers: list[WorkerInfo] = []
     result: list[object] = []
 
@@ -304,13 +314,8 @@ def test_a_lost_node_costs_only_its_files_in_flight(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key, value in cluster_env().items():
-        monkeypatch.setenv(key, value)
     out = tmp_path / "out"
-    args = build_parser().parse_args(
-        ["batch", str(clips["a.mp4"].parent), "-o", str(out), "--no-progress", *OPTIONS]
-    )
-    jobs = batch_jobs(args)
+    args, jobs = _driver_jobs(clips, out, monkeypatch)
     workers: list[WorkerInfo] = []
     result: list[object] = []
     with local_cluster(nodes=2, cpus_per_node=1) as lossy:

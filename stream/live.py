@@ -1230,7 +1230,7 @@ class LiveSession:
         shown = restored.frame if restored is not None else None
         shape = (item.frame.image.shape[0], item.frame.image.shape[1])
         if shown is not None and self.options.mark_restored:
-            shown = marked(shown, shape)
+            shown = marked(shown)
         image = _fit(shown.frame.image if shown is not None else item.frame.image, fmt)
         frame_s = 1.0 / float(fmt.fps)
         if self._feed is not None:
@@ -1240,7 +1240,7 @@ class LiveSession:
             if shown is not None:
                 # Regions are drawn on the source frame; where _fit scaled the picture (a
                 # source that changed size on reconnect), they are scaled with it.
-                record = frame_provenance(shown, shape)
+                record = frame_provenance(shown)
                 if not _pads_only(shape, fmt):
                     record = rescaled(record, shape, (fmt.height, fmt.width))
             self._recorder.write_video(image, item.time_s, record)

@@ -443,11 +443,10 @@ def process_file(
             for item in runner.drain(restored):
                 assert isinstance(item, RestoredFrame)
                 start = time.perf_counter()
-                shape = (item.frame.image.shape[0], item.frame.image.shape[1])
                 if sidecar is not None:
-                    sidecar.write(frame_provenance(item, shape))
+                    sidecar.write(frame_provenance(item))
                 if options.mark_restored:
-                    item = marked(item, shape)
+                    item = marked(item)
                 writer.write(item.frame)
                 encode_times.append(time.perf_counter() - start)
                 track_ids.append(item.track_ids)

@@ -70,8 +70,10 @@ class EncodedRegion(TypedDict):
 # --- region encoding -------------------------------------------------------------------
 
 
-def encode_region(mask: BoolMask) -> EncodedRegion:
-    """Encode a frame-space boolean mask: its bounding box plus the box's run lengths."""
+def encode_region(mask: BoolMask, origin: tuple[int, int] = (0, 0)) -> EncodedRegion:
+    """Encode a frame-space boolean mask: its bounding box plus the box's run lengths.
+    ``origin``: the frame position (x, y) of ``mask``'s top-left pixel, when ``mask`` is a
+    window of the frame (a composite's region) rather than the whole frame."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
     rows = np.flatnonzero(mask.any(axis=1))
@@ -81,7 +83,8 @@ def encode_region(mask: BoolMask) -> EncodedRegion:
     y0, y1 = int(rows[0]), int(rows[-1]) + 1
     x0, x1 = int(cols[0]), int(cols[-1]) + 1
     runs = _run_lengths(np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.bool_).ravel())
-    return EncodedRegion(box=[x0, y0, x1 - x0, y1 - y0], counts=_pack_runs(runs))
+    box = [origin[0] + x0, origin[1] + y0, x1 - x0, y1 - y0]
+    return EncodedRegion(box=box, counts=_pack_runs(runs))
 
 
 def decode_region(encoded: Mapping[str, object], shape: tuple[int, int]) -> BoolMask:
@@ -596,6 +599,93 @@ def draw_outline(
     return marked
 
 
+# --- from restored frames ----------------------------------------------------------------
+
+
+def frame_provenance(restored: RestoredFrame) -> FrameProvenance:
+    """The record of one restored frame: every face the frame
+    holds (``restored.decisions``), restored or passed through, and for each restored face
+    exactly the pixels its composite replaced."""
+    by_track = {face.track_id: face for face in restored.faces}
+    faces = []
+    for decision in restored.decisions:
+        face = by_track.get(decision.track_id)
+        region = face.region if face is not None else None
+        faces.append(
+            FaceProvenance(
+                track_id=decision.track_id,
+                box=(
+                    round(decision.box[0], 2),
+                    round(decision.box[1], 2),
+                    round(decision.box[2], 2),
+                    round(decision.box[3], 2),
+                ),
+                coverage=round(decision.coverage, 4),
+                covered=decision.covered,
+                restored=region is not None,
+                backend=face.result.backend if face is not None else None,
+                fallback=face.result.fallback if face is not None else False,
+                region=(
+                    encode_region(region.inside, (region.x, region.y))
+                    if region is not None
+                    else None
+                ),
+            )
+        )
+    frame = restored.frame
+    return FrameProvenance(
+        index=frame.index, pts=frame.pts, time_s=frame.time_s, faces=tuple(faces)
+    )
+
+
+def marked(restored: RestoredFrame) -> RestoredFrame:
+    """``restored`` with a visible outline (``draw_outline``) around every restored region
+    (``--mark-restored``); the frame's other fields are kept."""
+    shape = (restored.frame.image.shape[0], restored.frame.image.shape[1])
+    mask = np.zeros(shape, dtype=np.bool_)
+    for face in restored.faces:
+        if face.region is not None:
+            mask |= face.region.full(shape)
+    if not mask.any():
+        return restored
+    frame = restored.frame
+    image = draw_outline(frame.image, mask)
+    outlined = VideoFrame(index=frame.index, pts=frame.pts, time_base=frame.time_base, image=image)
+    return dataclasses.replace(restored, frame=outlined)
+
+
+def recorded_provenance(
+    record: FrameProvenance | None, index: int, pts: int | None, time_s: float
+) -> FrameProvenance:
+    """A live recording's record of its frame ``index``: ``record`` renumbered to the
+    recording's own frame and time, or no faces for a frame sent out as it came (its
+    deadline missed)."""
+    faces = record.faces if record is not None else ()
+    return FrameProvenance(index=index, pts=pts, time_s=time_s, faces=faces)
+
+
+def rescaled(
+    record: FrameProvenance, source: tuple[int, int], target: tuple[int, int]
+) -> FrameProvenance:
+    """``record`` of a frame of shape ``source`` for that frame scaled to ``target``
+    (height, width): regions resized with nearest-neighbour sampling, as the picture was
+    scaled; the boxes scaled too."""
+    if source == target:
+        return record
+    sy, sx = target[0] / source[0], target[1] / source[1]
+    faces = []
+    for face in record.faces:
+        region = face.region
+        if region is not None:
+            mask = decode_region(region, source).astype(np.uint8)
+            resized = cv2.resize(mask, (target[1], target[0]), interpolation=cv2.INTER_NEAREST)
+            region = encode_region(np.asarray(resized, dtype=bool))
+        x, y, w, h = face.box
+        box = (round(x * sx, 2), round(y * sy, 2), round(w * sx, 2), round(h * sy, 2))
+        faces.append(dataclasses.replace(face, box=box, region=region))
+    return dataclasses.replace(record, faces=tuple(faces))
+
+
 # --- command line ------------------------------------------------------------------------
 
 
@@ -668,85 +758,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-# --- from restored frames ----------------------------------------------------------------
-
-
-def frame_provenance(restored: RestoredFrame, shape: tuple[int, int]) -> FrameProvenance:
-    """The record of one restored frame of ``shape`` (height, width): every face the frame
-    holds (``restored.decisions``), restored or passed through, and for each restored face
-    exactly the pixels its composite replaced."""
-    by_track = {face.track_id: face for face in restored.faces}
-    faces = []
-    for decision in restored.decisions:
-        face = by_track.get(decision.track_id)
-        region = face.region if face is not None else None
-        faces.append(
-            FaceProvenance(
-                track_id=decision.track_id,
-                box=(
-                    round(decision.box[0], 2),
-                    round(decision.box[1], 2),
-                    round(decision.box[2], 2),
-                    round(decision.box[3], 2),
-                ),
-                coverage=round(decision.coverage, 4),
-                covered=decision.covered,
-                restored=region is not None,
-                backend=face.result.backend if face is not None else None,
-                fallback=face.result.fallback if face is not None else False,
-                region=encode_region(region.full(shape)) if region is not None else None,
-            )
-        )
-    frame = restored.frame
-    return FrameProvenance(
-        index=frame.index, pts=frame.pts, time_s=frame.time_s, faces=tuple(faces)
-    )
-
-
-def marked(restored: RestoredFrame, shape: tuple[int, int]) -> RestoredFrame:
-    """``restored`` with a visible outline (``draw_outline``) around every restored region
-    (``--mark-restored``); the frame's other fields are kept."""
-    mask = np.zeros(shape, dtype=np.bool_)
-    for face in restored.faces:
-        if face.region is not None:
-            mask |= face.region.full(shape)
-    if not mask.any():
-        return restored
-    frame = restored.frame
-    image = draw_outline(frame.image, mask)
-    outlined = VideoFrame(index=frame.index, pts=frame.pts, time_base=frame.time_base, image=image)
-    return dataclasses.replace(restored, frame=outlined)
-
-
-def recorded_provenance(
-    record: FrameProvenance | None, index: int, pts: int | None, time_s: float
-) -> FrameProvenance:
-    """A live recording's record of its frame ``index``: ``record`` renumbered to the
-    recording's own frame and time, or no faces for a frame sent out as it came (its
-    deadline missed)."""
-    faces = record.faces if record is not None else ()
-    return FrameProvenance(index=index, pts=pts, time_s=time_s, faces=faces)
-
-
-def rescaled(
-    record: FrameProvenance, source: tuple[int, int], target: tuple[int, int]
-) -> FrameProvenance:
-    """``record`` of a frame of shape ``source`` for that frame scaled to ``target``
-    (height, width): regions resized with nearest-neighbour sampling, as the picture was
-    scaled; the boxes scaled too."""
-    if source == target:
-        return record
-    sy, sx = target[0] / source[0], target[1] / source[1]
-    faces = []
-    for face in record.faces:
-        region = face.region
-        if region is not None:
-            mask = decode_region(region, source).astype(np.uint8)
-            resized = cv2.resize(mask, (target[1], target[0]), interpolation=cv2.INTER_NEAREST)
-            region = encode_region(np.asarray(resized, dtype=bool))
-        x, y, w, h = face.box
-        box = (round(x * sx, 2), round(y * sy, 2), round(w * sx, 2), round(h * sy, 2))
-        faces.append(dataclasses.replace(face, box=box, region=region))
-    return dataclasses.replace(record, faces=tuple(faces))

@@ -354,9 +354,9 @@ class FrameService:
         )
         inpainted = time.perf_counter()
         shape = (restored.frame.image.shape[0], restored.frame.image.shape[1])
-        record = frame_provenance(restored, shape)
+        record = frame_provenance(restored)
         if session.mark_restored:
-            restored = marked(restored, shape)
+            restored = marked(restored)
         image = restored.frame.image
         encoding = header.get("encoding", "raw")
         body = encode_image(image, encoding, session.jpeg_quality)

@@ -466,3 +466,12 @@ def test_encoded_region_is_plain_json_for_the_service() -> None:
     encoded: Mapping[str, object] = encode_region(_ellipse((40, 40), (20, 20), (5, 9)))
     assert set(encoded) == {"box", "counts"}
     assert json.loads(json.dumps(encoded)) == encoded
+
+
+def test_a_window_of_the_frame_encodes_at_its_origin() -> None:
+    frame = np.zeros((90, 160), dtype=bool)
+    frame[30:50, 70:100] = True
+    frame[41, 60] = True
+    window = frame[20:60, 50:120]
+    assert encode_region(window, (50, 20)) == encode_region(frame)
+    assert np.array_equal(decode_region(encode_region(window, (50, 20)), (90, 160)), frame)

@@ -78,7 +78,7 @@ def test_several_faces_keep_their_own_decisions_and_the_record_is_exact(
         for index, frame in enumerate(reader):
             result = restore_frame(analyser.analyse(frame), telea, detector, 0.0)
             shape = (frame.image.shape[0], frame.image.shape[1])
-            record = frame_provenance(result, shape)
+            record = frame_provenance(result)
             rebuilt = restored_mask(FrameProvenance.from_json(record.to_json()), shape)
             changed = np.any(result.frame.image != frame.image, axis=-1)
             # Every changed pixel is in the record; a recorded pixel may keep its value only

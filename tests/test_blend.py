@@ -64,6 +64,27 @@ def test_soft_edges_and_the_crop_border_keep_the_fill(photo: Image) -> None:
     assert not np.array_equal(blended[mask > 0.5], fill[mask > 0.5])  # the rest is blended
 
 
+def test_the_guide_is_smooth_continuous_and_reads_no_hole_pixel(photo: Image) -> None:
+    from stream.blend import telea_guide
+
+    mask = _mouth_hole()
+    hole = mask > 0.5
+    hole[1:9, 1:9] = True  # a hole at the corner and one with an odd-sized neighbour
+    guide = telea_guide(photo, hole)
+    assert np.array_equal(guide[~hole], photo[~hole])
+    covered = photo.copy()
+    covered[hole] = 255 - covered[hole]
+    assert np.array_equal(telea_guide(covered, hole), guide)
+    # The full-resolution Telea diffusion it stands in for: close in the hole, and closest
+    # at the hole's edge, where the solver reads the guide's gradients.
+    full = cv2.inpaint(photo, hole.astype(np.uint8) * 255, 3.0, cv2.INPAINT_TELEA)
+    edge = hole & ~cv2.erode(hole.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=3)
+    assert float(np.abs(guide.astype(np.int16) - full)[hole].mean()) < 6.0
+    assert float(np.abs(guide.astype(np.int16) - full)[edge].mean()) < 6.0
+    odd = telea_guide(photo[:255, :253], hole[:255, :253])
+    assert odd.shape == (255, 253, 3)
+
+
 def test_tiny_or_empty_holes_come_back_unchanged(photo: Image) -> None:
     fill = cv2.GaussianBlur(photo, (0, 0), 2)
     empty = np.zeros((256, 256), np.float32)
@@ -81,15 +102,16 @@ def test_shapes_must_match(photo: Image) -> None:
 
 
 def _opencv_blend(fill: Image, crop: Image, mask: Mask) -> Image:
-    """What ``poisson_blend`` computed with OpenCV's own solver (until 2026-12-05)."""
-    from stream.blend import GUIDE_RADIUS_PX
+    """What ``poisson_blend`` computes, with OpenCV's own solver (ours until 2026-12-05) on
+    the same guide."""
+    from stream.blend import telea_guide
 
     hole = mask > 0.5
     clone = hole.astype(np.uint8) * 255
     clone[:2, :] = clone[-2:, :] = 0
     clone[:, :2] = clone[:, -2:] = 0
     x, y, w, h = cv2.boundingRect(clone)
-    guide = cv2.inpaint(crop, hole.astype(np.uint8) * 255, GUIDE_RADIUS_PX, cv2.INPAINT_TELEA)
+    guide = telea_guide(crop, hole)
     centre = (x + w // 2, y + h // 2)
     blended = cv2.seamlessClone(fill, guide, clone.copy(), centre, cv2.NORMAL_CLONE)
     return np.where((clone > 0)[:, :, None], blended, fill).astype(np.uint8)

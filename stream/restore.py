@@ -249,8 +249,11 @@ class ReuseCache:
         if entry.fade_step >= self.options.crossfade_frames or entry.fade_from is entry.target:
             return entry.target
         alpha = entry.fade_step / self.options.crossfade_frames
-        blended = entry.fade_from.astype(np.float32) * (1 - alpha) + entry.target * alpha
-        return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        # OpenCV's weighted sum rounds to nearest as numpy's rint would, without float copies
+        # of both crops (it ran on every face of the frames after each regeneration).
+        return np.asarray(
+            cv2.addWeighted(entry.fade_from, 1.0 - alpha, entry.target, alpha, 0.0), np.uint8
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,10 +11,11 @@ The problem solved is exactly OpenCV's ``seamlessClone`` (``NORMAL_CLONE``), sol
 way (a discrete sine transform) but with SciPy's or numpy's FFT: on 223 real fills of two
 masked talking-head clips (one core, a busy machine, same run) the whole blend went from 41.5
 to 28.6 ms per face, of which the Telea guide was 16; OpenCV's solver had been the larger half,
-on every regenerated face. The guide is now diffused at half size (``telea_guide``: 23 -> 3 ms
-per face on a loaded core; on 8 unseen real clips through ``bench.quality`` PSNR in the mask
-17.90 dB before and after, SFace 0.797 -> 0.795, within the pipeline's run-to-run noise). The two agree to one 8-bit level (float rounding, in about 4% of
-the hole's pixels; ``tests/test_blend.py`` checks it).
+on every regenerated face. The two agree to one 8-bit level (float rounding, in about 4% of
+the hole's pixels; ``tests/test_blend.py`` checks it). The guide is now diffused at half size
+(``telea_guide``: 23 -> 3 ms per face on a loaded core; on 8 unseen real clips through
+``bench.quality``, PSNR in the mask 17.90 dB before and after, SFace 0.797 -> 0.795, within
+the pipeline's run-to-run noise).
 
 That solver takes the gradients of its *destination* image in a 3 px band just inside the
 hole's edge (it erodes the mask) and the boundary values at the hole's bounding box. The

@@ -111,7 +111,7 @@ def composite_region(
     a = alpha[inside][:, None]
     if bool((a == 1.0).all()):
         # A hard hole (the default): the blend below would give exactly the crop's pixels.
-        region[inside] = warped_crop[inside]
+        np.copyto(region, warped_crop, where=inside[:, :, None])
     else:
         blended = region[inside].astype(np.float32) * (1.0 - a) + warped_crop[inside] * a
         region[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
@@ -149,7 +149,7 @@ def _warp_weight(
     which is 1 wherever the weight is 1 and never reads a weight from outside the hole."""
     x0, y0, x1, y1 = roi
     hole = (weight_256 > 0).astype(np.float32)
-    both = np.dstack([hole, weight_256.astype(np.float32)])
+    both = cv2.merge([hole, weight_256.astype(np.float32)])
     warped = cv2.warpAffine(
         both,
         _shifted(inverse_affine, x0, y0),
@@ -168,11 +168,11 @@ def _warp_weight(
 def _roi(
     weight_256: Mask, inverse_affine: FloatArray, width: int, height: int
 ) -> tuple[int, int, int, int] | None:
-    ys, xs = np.nonzero(weight_256 > 0)
-    if len(xs) == 0:
+    x, y, w, h = cv2.boundingRect((weight_256 > 0).view(np.uint8))
+    if w == 0:
         return None
     # The bilinear support of the weight's pixels reaches one crop pixel beyond them.
-    left, top, right, bottom = xs.min() - 1, ys.min() - 1, xs.max() + 1, ys.max() + 1
+    left, top, right, bottom = x - 1, y - 1, x + w, y + h
     corners = np.array(
         [[left, top], [right, top], [left, bottom], [right, bottom]], dtype=np.float64
     )

@@ -28,6 +28,7 @@ from training.segmenter import (
     SampleMaker,
     TrainConfig,
     _group,
+    _misalign,
     _training_pool,
     batch_iou,
     contact_sheet,
@@ -174,6 +175,34 @@ def test_real_look_lighting_keeps_clean_faces_clean() -> None:
     plain = SampleMaker(OccluderRenderer())
     a = plain(face, np.random.default_rng(9))
     b = SampleMaker(OccluderRenderer(), lighting_probability=0.0)(face, np.random.default_rng(9))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_misalignment_moves_crop_and_mask_together_and_keeps_clean_faces_clean() -> None:
+    face = _face(5)
+    mask = np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
+    mask[150:240, 60:196] = 1.0  # a face mask on the lower face
+    face[mask > 0] = (235, 235, 235)  # white, so its place in the moved crop can be found
+    zoomed = 0
+    for seed in range(20):
+        image, moved = _misalign(face, mask, np.random.default_rng(seed))
+        white = np.all(image >= 225, axis=2)
+        # The target is exactly where the occluder went (its resampled edge aside).
+        inside = white[moved > 0].mean()
+        assert inside > 0.97, (seed, inside)
+        assert (white & (moved == 0)).sum() < 0.04 * max(1, int(white.sum())), seed
+        zoomed += moved.sum() > 1.1 * mask.sum()
+    assert zoomed >= 5  # often zoomed in, as on occluded faces, not just jittered
+    # A clean face stays clean, and the maker draws it (recipe v4) for clean faces as well.
+    maker = SampleMaker(
+        OccluderRenderer(), clean_probability=1.0, degrade=False, misalign_probability=1.0
+    )
+    for seed in range(4):
+        image, target = maker(_face(6), np.random.default_rng(seed))
+        assert not target.any()
+    # Off (v1-v3): the random stream and the samples are what they were.
+    a = SampleMaker(OccluderRenderer())(face, np.random.default_rng(9))
+    b = SampleMaker(OccluderRenderer(), misalign_probability=0.0)(face, np.random.default_rng(9))
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 

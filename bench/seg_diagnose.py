@@ -8,8 +8,8 @@ one cause, in this order:
 
 - ``no_face``: the tracker gave no face whose crop holds that pixel (tracker or aligner lost
   the face, or the crop does not reach the occluder);
-- ``segmenter``: the newest raw sigmoid of its face is <= ``pixel_threshold`` there (the
-  network does not see it);
+- ``segmenter``: neither the newest raw sigmoid of its face nor the smoothed map is above
+  ``pixel_threshold`` there (the network does not see it);
 - ``smoothing``: raw above the threshold, the smoothed map (what decides) not;
 - ``decision``: the smoothed map covers it but the face was decided uncovered
   (``covered_fraction``, hysteresis) or its reused mask (``refresh_every``) misses it.
@@ -17,10 +17,12 @@ one cause, in this order:
     python -m bench.seg_diagnose CLIP.mp4 [CLIP ...] --out DIR [--frames 50] \\
         [--weights X.onnx] [--set pixel_threshold=0.45] [--sheet-frames 4]
 
-Writes ``DIR/<clip>.json`` (per frame and totals) and ``DIR/<clip>.png``: for a few frames,
+Writes ``DIR/<clip>.<weights>.json`` (per frame and totals) and ``DIR/<clip>.<weights>.png``
+(``<weights>``: the file's stem, or ``shipped``): for a few frames,
 the aligned crop, the truth in the crop (green), the raw sigmoid (heat) and the restored
-region (red over the crop, missed truth in yellow). For diagnosis only: ``eval_only`` clips
-may be looked at, never chosen on.
+region (red over the crop, missed truth in yellow). The painted clip and its truth are kept
+in ``DIR`` and reused, so that a second model (``--weights``) sees the same frames. For
+diagnosis only: ``eval_only`` clips may be looked at, never chosen on.
 """
 
 from __future__ import annotations
@@ -63,16 +65,7 @@ def diagnose(
     out.mkdir(parents=True, exist_ok=True)
     name = clip.stem
     kind = quality_occluder(name)
-    total = count_frames(clip)
-    first = max(0, total - frames)
-    masked = make_masked_clip(
-        clip,
-        out / f"{name}_masked.mp4",
-        zlib.crc32(name.encode()),
-        frames,
-        first_frame=first,
-        shapes=occluder_shapes(kind),
-    )
+    painted, truths, kinds = _painted(clip, out, frames, kind)
     analyser = FaceAnalyser()
     detector = MaskDetector(options)
     raw_predict = load_predictor(options)
@@ -81,12 +74,12 @@ def diagnose(
     true_total = hit_total = shown_total = 0
     rows: list[dict[str, Any]] = []
     tiles: list[npt.NDArray[np.uint8]] = []
-    picks = set(np.linspace(0, len(masked.truth) - 1, sheet_frames).round().astype(int).tolist())
-    with VideoReader(masked.path, threads=1) as reader:
+    picks = set(np.linspace(0, len(truths) - 1, sheet_frames).round().astype(int).tolist())
+    with VideoReader(painted, threads=1) as reader:
         for index, frame in enumerate(reader):
-            if index >= len(masked.truth):
+            if index >= len(truths):
                 break
-            truth = np.asarray(masked.truth[index], bool)
+            truth = truths[index]
             shape = truth.shape
             work = analyser.analyse(frame)
             faces = [f.aligned for f in work.faces]
@@ -143,7 +136,7 @@ def diagnose(
     result = {
         "clip": name,
         "occluder": kind,
-        "painted": sorted(set(masked.kinds.values())),
+        "painted": kinds,
         "frames": len(rows),
         "recall": round(hit_total / true_total, 4) if true_total else None,
         "precision": round(hit_total / shown_total, 4) if shown_total else None,
@@ -152,10 +145,35 @@ def diagnose(
         "frames_without_face": sum(not r["faces"] for r in rows),
         "per_frame": rows,
     }
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    stem = f"{name}.{options.weights.stem if options.weights is not None else 'shipped'}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     if tiles:
-        cv2.imwrite(str(out / f"{name}.png"), np.concatenate(tiles, axis=0))
+        cv2.imwrite(str(out / f"{stem}.png"), np.concatenate(tiles, axis=0))
     return result
+
+
+def _painted(
+    clip: Path, out: Path, frames: int, kind: str
+) -> tuple[Path, npt.NDArray[np.bool_], list[str]]:
+    """The painted clip, its truth (frames, H, W) and the kinds painted, made once per
+    ``out`` and reused: ``make_masked_clip`` is not bit-identical from run to run (the
+    tracker on a re-encoded clip), so models are compared on one painted clip."""
+    video, truth_file = out / f"{clip.stem}_masked.mp4", out / f"{clip.stem}_truth.npz"
+    if video.is_file() and truth_file.is_file():
+        with np.load(truth_file) as cached:
+            return video, cached["truth"], [str(k) for k in cached["kinds"]]
+    masked = make_masked_clip(
+        clip,
+        video,
+        zlib.crc32(clip.stem.encode()),
+        frames,
+        first_frame=max(0, count_frames(clip) - frames),
+        shapes=occluder_shapes(kind),
+    )
+    truth = np.stack([np.asarray(masked.truth[i], bool) for i in range(len(masked.truth))])
+    kinds = sorted(set(masked.kinds.values()))
+    np.savez_compressed(truth_file, truth=truth, kinds=np.asarray(kinds))
+    return video, truth, kinds
 
 
 def _fraction(pixels: npt.NDArray[np.bool_]) -> float:

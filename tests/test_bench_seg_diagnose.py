@@ -20,8 +20,8 @@ def clip(make_clip: Callable[..., ClipTruth]) -> ClipTruth:
 def test_missed_pixels_are_split_by_cause(clip: ClipTruth, tmp_path: Path) -> None:
     result = diagnose(clip.path, tmp_path, 12, MaskDetectOptions(), sheet_frames=2)
     assert result["frames"] == 12 and len(result["per_frame"]) == 12
-    assert (tmp_path / f"{clip.path.stem}.png").is_file()
-    assert (tmp_path / f"{clip.path.stem}.json").is_file()
+    assert (tmp_path / f"{clip.path.stem}.shipped.png").is_file()
+    assert (tmp_path / f"{clip.path.stem}.shipped.json").is_file()
     lost = sum(result["lost_share"][c] for c in CAUSES)
     # The causes partition what the restored region misses.
     assert lost == pytest.approx(1.0 - result["recall"], abs=2e-3)
@@ -34,3 +34,9 @@ def test_missed_pixels_are_split_by_cause(clip: ClipTruth, tmp_path: Path) -> No
     assert blocked["lost_share"]["decision"] == pytest.approx(
         1.0 - sum(blocked["lost_share"][c] for c in CAUSES if c != "decision"), abs=2e-3
     )
+    # The painted clip is made once per folder and reused: the same frames, the same numbers.
+    painted = tmp_path / f"{clip.path.stem}_masked.mp4"
+    made = painted.stat().st_mtime_ns
+    again = diagnose(clip.path, tmp_path, 12, MaskDetectOptions(), sheet_frames=2)
+    assert painted.stat().st_mtime_ns == made
+    assert again["recall"] == result["recall"] and again["lost_share"] == result["lost_share"]

@@ -133,7 +133,7 @@ class FaceTracker:
         if self._prev_gray is not None and self._tracks:
             self._follow_flow(self._prev_gray, gray)
         if frame.index % self.options.detect_every == 0:
-            self._apply_detections(self.detector.detect(frame.image), time_s)
+            self._apply_detections(self.detector.detect_candidates(frame.image), time_s)
         for state in self._tracks:
             state.filt.step(
                 state.detection.landmarks5, time_s, state.detection.box[2], self.options
@@ -179,7 +179,9 @@ class FaceTracker:
             if state.missed <= self.options.max_missed:
                 survivors.append(state)
         for di, det in enumerate(detections):
-            if di in matched_d:
+            # A weak detection only continues a face already followed (``keep_threshold``);
+            # a new track needs the detector's full confidence.
+            if di in matched_d or det.score < self.detector.options.score_threshold:
                 continue
             survivors.append(
                 _TrackState(

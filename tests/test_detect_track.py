@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import cast
 
 import cv2
 import numpy as np
+import pytest
 from skimage import data
 
 from stream.detect import DetectorOptions, FaceDetector, yunet_model_path
 from stream.media import VideoReader
 from stream.testclip import ClipTruth
 from stream.track import FaceTracker, TrackerOptions, box_iou, match_detections
-from stream.types import VideoFrame
+from stream.types import FaceDetection, VideoFrame
 
 # Landmarks of the astronaut found by YuNet at full resolution (x, y).
 ASTRONAUT_EYES = np.array([[200.1, 101.8], [247.2, 102.6]])
@@ -120,3 +122,41 @@ def test_two_faces_get_two_ids_and_a_vanished_face_ends_its_track() -> None:
         ids.append([t.track_id for t in tracker.update(VideoFrame(i, i, Fraction(1, 25), image))])
     assert ids[0] == [1, 2] and ids[3] == [1, 2]
     assert ids[-1] == [1]
+
+
+class _ScriptedDetector:
+    """Gives each call the next frame's detections of one real face, at scripted scores."""
+
+    def __init__(self, face: FaceDetection, scores: list[list[float]]) -> None:
+        self.options = DetectorOptions(score_threshold=0.6, keep_threshold=0.2)
+        self._face = face
+        self._scores = iter(scores)
+
+    def detect_candidates(self, image: np.ndarray) -> list[FaceDetection]:
+        face = self._face
+        return [FaceDetection(face.box, face.landmarks5, s) for s in next(self._scores)]
+
+
+def test_a_weak_detection_keeps_a_followed_face_but_never_starts_one() -> None:
+    # A mask or a hand drops YuNet's score below score_threshold on some frames; the face
+    # must stay tracked (and restored), while a weak detection alone is never a new face.
+    image = _astronaut()
+    [face] = FaceDetector().detect(image)
+
+    def run(scores: list[list[float]]) -> list[list[int]]:
+        detector = cast(FaceDetector, _ScriptedDetector(face, scores))
+        tracker = FaceTracker(detector, TrackerOptions(detect_every=1, max_missed=1))
+        return [
+            [t.track_id for t in tracker.update(VideoFrame(i, i, Fraction(1, 25), image))]
+            for i in range(len(scores))
+        ]
+
+    assert run([[0.9], [0.3], [0.25], [0.3], [0.8]]) == [[1], [1], [1], [1], [1]]
+    assert run([[0.3], [0.3], [0.9]]) == [[], [], [1]]
+    # Without any detection the face ends after max_missed passes, as before.
+    assert run([[0.9], [], [], [0.9]]) == [[1], [1], [], [2]]
+
+
+def test_keep_threshold_must_not_exceed_score_threshold() -> None:
+    with pytest.raises(ValueError, match="keep_threshold"):
+        DetectorOptions(score_threshold=0.5, keep_threshold=0.6)

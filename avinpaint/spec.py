@@ -47,6 +47,20 @@ CROP_TEMPLATE_256: npt.NDArray[np.float64] = (
 """5-point template (x, y) for the 256x256 crop: eyes at about (88, 78) and (168, 78),
 nose tip at about (128, 124), mouth corners at about (95, 170) and (161, 170)."""
 
+ALIGN_MOUTH_WEIGHT = 0.25
+"""Weight of each mouth corner in the crop's similarity fit (eyes and nose tip weigh 1) when
+the face looks at the camera. Under a face mask or a hand the detector guesses the hidden
+mouth corners too high (up to one eye distance), and an equal-weight fit then zooms into the
+face and pushes the occluder's lower part out of the crop, where nothing can restore it; see
+``ALIGN_YAW_RAMP`` for turned heads and docs/MODEL_CARD_occlusion.md for the numbers."""
+
+ALIGN_YAW_RAMP = (0.10, 0.25)
+"""Sideways offset of the nose tip from the eyes' midpoint, in eye distances (about 10 and 25
+degrees of yaw for a nose that stands half an eye distance out), over which the mouth
+corners' weight rises from ``ALIGN_MOUTH_WEIGHT`` to 1: on a turned head the nose tip's
+offset would drag an eyes-and-nose fit sideways over the background, and the equal-weight
+fit places it as before."""
+
 PAPER_HOLE_ROWS = (89, 217)
 """Rows [start, stop) of the seed paper's fixed 128x128 hole in the 256 crop."""
 

@@ -5,7 +5,7 @@ from skimage.transform import SimilarityTransform
 
 from avinpaint.geometry import apply_affine, invert_affine, similarity_transform
 from avinpaint.spec import CROP_SIZE, CROP_TEMPLATE_256
-from stream.align import align_face
+from stream.align import align_face, landmark_weights
 from stream.composite import composite
 from stream.detect import FaceDetector
 
@@ -28,6 +28,58 @@ def test_matches_scikit_image_least_squares_on_noisy_points() -> None:
     ours = similarity_transform(src, dst)
     ref = SimilarityTransform.from_estimate(src, dst).params[:2]
     np.testing.assert_allclose(ours, ref, atol=1e-8)
+
+
+def test_weights_choose_which_points_the_fit_follows() -> None:
+    rng = np.random.default_rng(2)
+    src = rng.uniform(0, 300, size=(5, 2))
+    dst = src * 0.8 + np.array([5.0, 9.0])
+    moved = dst.copy()
+    moved[3:] += 40.0  # two points displaced, as an occluder displaces the mouth corners
+    exact = similarity_transform(src, moved, weights=[1, 1, 1, 0, 0])
+    np.testing.assert_allclose(exact, similarity_transform(src[:3], dst[:3]), atol=1e-9)
+    np.testing.assert_allclose(
+        similarity_transform(src, dst, weights=[2, 2, 2, 2, 2]), similarity_transform(src, dst)
+    )
+    errors = [
+        np.abs(
+            apply_affine(similarity_transform(src, moved, weights=[1, 1, 1, w, w]), src[:3])
+            - dst[:3]
+        ).max()
+        for w in (1.0, 0.25, 0.0)
+    ]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 1e-9
+    with pytest.raises(ValueError, match="weights"):
+        similarity_transform(src, dst, weights=[1, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="weights"):
+        similarity_transform(src, dst, weights=[1, 1, -1, 1, 1])
+
+
+def test_mouth_corners_weigh_less_on_a_frontal_face_and_fully_on_a_turned_one() -> None:
+    frontal = CROP_TEMPLATE_256.copy()
+    assert landmark_weights(frontal)[3] == pytest.approx(0.25, abs=0.01)
+    turned = frontal.copy()
+    turned[2, 0] += 0.3 * 80.0  # the nose tip 0.3 eye distances sideways: a turned head
+    np.testing.assert_allclose(landmark_weights(turned), 1.0)
+    halfway = frontal.copy()
+    halfway[2, 0] -= 0.175 * 80.0
+    assert landmark_weights(halfway)[3] == pytest.approx(0.625, abs=0.01)
+    np.testing.assert_allclose(landmark_weights(frontal)[:3], 1.0)
+
+
+def test_a_mouth_guessed_too_high_moves_a_frontal_crop_less() -> None:
+    # A face mask makes the detector place the hidden mouth corners too high; the crop of a
+    # frontal face must follow the eyes and nose, not zoom in on the mask.
+    truth = CROP_TEMPLATE_256 * 1.5 + np.array([40.0, 30.0])
+    guessed = truth.copy()
+    guessed[3:, 1] -= 0.6 * 80.0 * 1.5  # mouth corners 0.6 eye distances too high
+    crop = np.zeros((600, 600, 3), np.uint8)
+    ideal = align_face(crop, truth).affine
+    ours = align_face(crop, guessed).affine
+    equal = similarity_transform(guessed, CROP_TEMPLATE_256)
+    scale = [float(np.linalg.norm(m[:, 0])) for m in (ideal, ours, equal)]
+    assert abs(scale[1] - scale[0]) < 0.6 * abs(scale[2] - scale[0])  # about half
 
 
 def test_rejects_degenerate_points() -> None:

@@ -18,6 +18,7 @@ from helpers import video_frames
 
 from avinpaint.geometry import apply_affine, similarity_transform
 from avinpaint.spec import AUDIO_SAMPLE_RATE_HZ, CROP_SIZE, CROP_TEMPLATE_256, SPEAKER_WINDOW_S
+from stream.align import landmark_weights
 from stream.audio import read_audio_16k
 from stream.detect import FaceDetector
 from stream.errors import UsageError
@@ -163,20 +164,25 @@ def test_crops_are_aligned_on_the_template(clips: Clips, prepared: Prepared) -> 
         redetected = found[0].landmarks5
         truth = clips.truths[crop.identity].landmarks5[crop.frame_index]
         stored = apply_affine(np.array(crop.source_affine), truth)
-        ideal = apply_affine(similarity_transform(truth, CROP_TEMPLATE_256), truth)
+        best = similarity_transform(truth, CROP_TEMPLATE_256, landmark_weights(truth))
+        ideal = apply_affine(best, truth)
         to_template.append(_mean_distance(redetected, CROP_TEMPLATE_256))
         to_ideal.append(_mean_distance(stored, ideal))
         to_stored.append(_mean_distance(redetected, stored))
     # Errors in crop pixels (the face is about twice as large in the crop as in the 320x240
     # clip). A real face never fits the mean template exactly: the astronaut's true landmarks
-    # lie 7.8 px (mean) from it even under the best similarity, so a crop cannot come closer.
-    assert max(to_template) < 12.0
+    # lie 7.8 px (mean) from it even under the best equal-weight similarity, so a crop cannot
+    # come closer; the fit weighs the mouth corners less on a frontal face (so that a mask's
+    # guessed mouth pulls less), which leaves them, and the mean, a little further out.
+    assert max(to_template) < 14.0
     # The stored alignment is within a few px of the best possible for the true landmarks
     # (what remains is YuNet's noise on a 110 px face).
     assert max(to_ideal) < 10.0
     # The PNG is the warp the manifest describes: landmarks found in it are where the stored
-    # matrix puts the true ones.
-    assert max(to_stored) < 8.0
+    # matrix puts the true ones (to YuNet's noise on the crop: 2.6-4.5 px on most crops, up
+    # to 9.7 on one; a wrong matrix is tens of px off).
+    assert float(np.median(to_stored)) < 6.0
+    assert max(to_stored) < 12.0
 
 
 def _mean_distance(a: np.ndarray, b: np.ndarray) -> float:

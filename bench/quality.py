@@ -152,8 +152,8 @@ class Clip:
 
     @property
     def occluder(self) -> str:
-        """The occluder kind, fixed by the file name (the same in any subset of clips)."""
-        return OCCLUDERS[zlib.crc32(self.name.encode()) % len(OCCLUDERS)]
+        """The occluder kind, fixed by the file name (``occluder_for``)."""
+        return occluder_for(self.name)
 
     @property
     def voice(self) -> str | None:
@@ -249,6 +249,41 @@ def occluder_shapes(kind: str) -> ShapeGenerator:
     if kind == "hand":
         return HandBlob()
     return FaceMaskShape(styles=tuple(k for k in FACE_MASK_KINDS if str(k) == kind))
+
+
+def occluder_for(name: str) -> str:
+    """The occluder kind a clip of this file stem gets: fixed by the name, so the same in any
+    subset of clips and in every tool that paints clips as this bench does."""
+    return OCCLUDERS[zlib.crc32(name.encode()) % len(OCCLUDERS)]
+
+
+@dataclass(frozen=True)
+class PaintedClip:
+    """A clip painted as this bench paints it: the masked clip, the seed that drew its
+    occluder and the source's frame count."""
+
+    masked: MaskedClip
+    seed: int
+    frames_in_clip: int
+
+
+def paint_clip(
+    source: Path, output: Path, frames: int, seed: int = 0, head: bool = False
+) -> PaintedClip:
+    """``source`` with its occluder (``occluder_for``) painted on its last ``frames`` frames
+    (``head``: its first), seeded by its name and ``seed``: the masked clip every condition
+    of this bench restores."""
+    total = count_frames(source)
+    paint_seed = zlib.crc32(source.stem.encode()) ^ seed
+    masked = make_masked_clip(
+        source,
+        output,
+        paint_seed,
+        frames,
+        first_frame=0 if head else max(0, total - frames),
+        shapes=occluder_shapes(occluder_for(source.stem)),
+    )
+    return PaintedClip(masked=masked, seed=paint_seed, frames_in_clip=total)
 
 
 # --- restoring -------------------------------------------------------------------------------
@@ -540,17 +575,10 @@ def run_clip(
     args: argparse.Namespace,
 ) -> tuple[dict[str, Any], dict[str, Image]]:
     """Paint, restore under every condition and measure one clip: its JSON and tiles."""
-    total = count_frames(clip.path)
-    first = 0 if args.head else max(0, total - args.max_frames)
-    seed = zlib.crc32(clip.name.encode()) ^ args.seed
-    masked = make_masked_clip(
-        clip.path,
-        restorer.work / f"{clip.name}_masked.mp4",
-        seed,
-        args.max_frames,
-        first_frame=first,
-        shapes=occluder_shapes(clip.occluder),
+    painted = paint_clip(
+        clip.path, restorer.work / f"{clip.name}_masked.mp4", args.max_frames, args.seed, args.head
     )
+    masked = painted.masked
     swap = partner.path if partner is not None else None
     files, restorations = restorer.run(masked, swap)
     measures = measure_clip(clip.path, masked, files, restorations, identity)
@@ -567,10 +595,10 @@ def run_clip(
         "person": clip.person,
         "occluder": clip.occluder,
         "painted": sorted(set(masked.kinds.values())),
-        "seed": seed,
+        "seed": painted.seed,
         "frames": len(masked.pts),
-        "first_frame": first,
-        "frames_in_clip": total,
+        "first_frame": masked.first_frame,
+        "frames_in_clip": painted.frames_in_clip,
         "frames_with_mask": sum(1 for i in range(len(masked.pts)) if masked.truth[i].any()),
         "duration_s": round(clip.duration_s, 2),
         "pitch_hz": clip.pitch_hz,

@@ -32,7 +32,6 @@ import dataclasses
 import json
 import os
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +42,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.false_flags import _override
-from bench.quality import OCCLUDERS, count_frames, occluder_shapes
-from bench.restore_video import make_masked_clip, to_frame
+from bench.quality import occluder_for, paint_clip
+from bench.restore_video import to_frame
 from stream.mask_detect import MaskDetectOptions, MaskDetector, load_predictor
 from stream.media import VideoReader
 from stream.restore import FaceAnalyser
@@ -53,19 +52,14 @@ from stream.types import AlignedFace
 CAUSES = ("no_face", "segmenter", "smoothing", "decision")
 
 
-def quality_occluder(name: str) -> str:
-    """The occluder ``bench.quality`` paints on a clip of this stem."""
-    return OCCLUDERS[zlib.crc32(name.encode()) % len(OCCLUDERS)]
-
-
 def diagnose(
     clip: Path, out: Path, frames: int, options: MaskDetectOptions, sheet_frames: int
 ) -> dict[str, Any]:
     """Paint, track, segment and charge every missed truth pixel to a cause."""
     out.mkdir(parents=True, exist_ok=True)
     name = clip.stem
-    kind = quality_occluder(name)
-    painted, truths, kinds = _painted(clip, out, frames, kind)
+    kind = occluder_for(name)
+    painted, truths, kinds = _painted(clip, out, frames)
     analyser = FaceAnalyser()
     detector = MaskDetector(options)
     raw_predict = load_predictor(options)
@@ -152,9 +146,7 @@ def diagnose(
     return result
 
 
-def _painted(
-    clip: Path, out: Path, frames: int, kind: str
-) -> tuple[Path, npt.NDArray[np.bool_], list[str]]:
+def _painted(clip: Path, out: Path, frames: int) -> tuple[Path, npt.NDArray[np.bool_], list[str]]:
     """The painted clip, its truth (frames, H, W) and the kinds painted, made once per
     ``out`` and reused: ``make_masked_clip`` is not bit-identical from run to run (the
     tracker on a re-encoded clip), so models are compared on one painted clip."""
@@ -162,14 +154,7 @@ def _painted(
     if video.is_file() and truth_file.is_file():
         with np.load(truth_file) as cached:
             return video, cached["truth"], [str(k) for k in cached["kinds"]]
-    masked = make_masked_clip(
-        clip,
-        video,
-        zlib.crc32(clip.stem.encode()),
-        frames,
-        first_frame=max(0, count_frames(clip) - frames),
-        shapes=occluder_shapes(kind),
-    )
+    masked = paint_clip(clip, video, frames).masked
     truth = np.stack([np.asarray(masked.truth[i], bool) for i in range(len(masked.truth))])
     kinds = sorted(set(masked.kinds.values()))
     np.savez_compressed(truth_file, truth=truth, kinds=np.asarray(kinds))

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import av
 import cv2
@@ -1120,9 +1120,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--faces", type=Path, required=True)
     run.add_argument("--run", type=Path, required=True)
     run.add_argument("--steps", type=int, default=TrainConfig.steps)
-    run.add_argument(
-        "--recipe", choices=("v1", "v2", "v3", "v4"), default="v1", help="sample mixture"
-    )
+    run.add_argument("--recipe", choices=get_args(Recipe), default="v1", help="sample mixture")
     run.add_argument("--hard-faces", type=Path, nargs="*", default=[], help="hard-negative faces")
     run.add_argument("--hard-share", type=float, default=0.0, help="their share of the draws")
     run.add_argument("--init", type=Path, help=".safetensors to fine-tune from")

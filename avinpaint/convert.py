@@ -12,7 +12,6 @@ Command line: ``python -m avinpaint.convert G_500000.pth -o paper.safetensors``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import pickle
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from avinpaint.checkpoint import CheckpointError, build, check_tensors, expected_shapes, save
 from avinpaint.config import PAPER
+from avinpaint.files import file_sha256
 
 # Per AVFF block: official sub-module -> ours (ARCHITECTURE.md section 2). The official
 # Sequentials index their layers; ReLU and pooling have no weights.
@@ -146,14 +146,6 @@ def _unpickler_reason(exc: Exception) -> str:
     return text.strip().split(". ", 1)[0].split("\n", 1)[0] or type(exc).__name__
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_audioface(pth_path: str | Path, out_path: str | Path) -> Path:
     """Convert an official AudioFace ``G_*.pth`` to a ``paper`` checkpoint at ``out_path``.
 
@@ -164,7 +156,7 @@ def convert_audioface(pth_path: str | Path, out_path: str | Path) -> Path:
     if out.resolve() == source.resolve():
         raise CheckpointError(f"output {out} is the input file")
     model = build(PAPER, map_official_state_dict(read_official(source), str(source)), str(source))
-    metadata = {"source": source.name, "source_sha256": _sha256(source)}
+    metadata = {"source": source.name, "source_sha256": file_sha256(source)}
     return save(model, out, metadata)
 
 

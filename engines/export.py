@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from avinpaint.config import ModelConfig
+from avinpaint.files import file_sha256
 from avinpaint.model import Generator, SpeakerFeatures
 from engines.cache import EngineCache, Precision
 
@@ -362,15 +363,6 @@ def weights_sha256(model: Generator) -> str:
         data = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from avinpaint.files import file_sha256
 from stream.errors import AvstreamError, OutputError, UsageError
 from stream.media import OUTPUT_EXTENSIONS
 
@@ -53,7 +54,6 @@ VIDEO_SUFFIXES = frozenset(
 )
 """What a folder or glob input picks up (``process`` reads anything FFmpeg opens)."""
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_HASH_CHUNK_BYTES = 1 << 20
 _KILL_WAIT_S = 10.0
 """How long a stopped batch waits for its killed workers to be gone."""
 _CLIENT_CONNECT_ATTEMPTS = 3
@@ -338,15 +338,6 @@ def options_digest(options: Mapping[str, Any]) -> str:
     """SHA-256 of the options' canonical JSON: equal options, equal digest."""
     canonical = json.dumps(options, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of the file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_ledger(path: Path) -> dict[str, FileRecord]:

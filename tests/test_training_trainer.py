@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -287,6 +288,41 @@ def test_resume_gives_the_identical_next_steps(mixed: Path, tmp_path: Path) -> N
     assert (tmp_path / "whole/images/stage1_0000002.png").is_file()
     assert (tmp_path / "whole/images/stage2_0000004.png").is_file()
     assert latest_checkpoint(tmp_path / "whole") == tmp_path / "whole/checkpoints/stage2_0000005"
+
+
+def test_cosine_schedule_and_weight_average_resume_exactly(mixed: Path, tmp_path: Path) -> None:
+    stage2 = Stage2Config(steps=5, batch_size=2, lr=1e-3, lr_schedule="cosine", ema_decay=0.5)
+    assert stage2.lr_at(0) == 1e-3
+    assert stage2.lr_at(5) == pytest.approx(0.0, abs=1e-18)
+    assert stage2.lr_at(1) > stage2.lr_at(2) > stage2.lr_at(3) > stage2.lr_at(4) > 0.0
+    config = tiny_config(
+        mixed,
+        stage2=stage2,
+        log=LogConfig(every=1, images_every=0, checkpoint_every=2, keep_checkpoints=0),
+    )
+    whole = Trainer(config, tmp_path / "whole", progress=False)
+    whole.run()
+    assert whole.opt_g.param_groups[0]["lr"] == stage2.lr_at(4)
+
+    # The shipped file is the average, not the trained weights it was made from.
+    final = tmp_path / "whole/checkpoints/stage2_0000005"
+    shipped = load_generator(final / "generator.safetensors").state_dict()
+    state = torch.load(final / "state.pt", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+    assert all(torch.equal(shipped[k], averaged[k]) for k in shipped)
+    assert any(not torch.equal(shipped[k], state["generator"][k]) for k in shipped)
+
+    # A run killed after step 2 and resumed ends on the same bits (schedule and average).
+    parts = tmp_path / "parts"
+    shutil.copytree(tmp_path / "whole", parts)
+    for later in ("stage2_0000004", "stage2_0000005"):
+        shutil.rmtree(parts / "checkpoints" / later)
+    (parts / "checkpoints/latest.json").write_text(json.dumps({"checkpoint": "stage2_0000002"}))
+    resumed = Trainer(config, parts, progress=False)
+    assert resumed.step == 2
+    resumed.run()
+    again = load_generator(parts / "checkpoints/stage2_0000005/generator.safetensors").state_dict()
+    assert all(torch.equal(shipped[k], again[k]) for k in shipped)
 
 
 def test_resume_refuses_a_changed_experiment(four_faces: Path, tmp_path: Path) -> None:

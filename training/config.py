@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -43,6 +44,10 @@ Device = Literal["auto", "cpu", "cuda"]
 HoleKind = Literal["mixture", "paper_box", "strokes", "face_mask"]
 """Which hole generator of ``training.masks`` makes the training masks: ``mixture`` is
 ``default_hole_mixture()`` (face masks, hands, objects, strokes, scribbles, some paper boxes)."""
+
+LrSchedule = Literal["constant", "cosine"]
+"""Stage 2's generator learning rate over the stage: ``constant``, or ``cosine`` from ``lr`` at
+step 0 to 0 at the last step (a function of the step alone, so a resume stays exact)."""
 
 FaceOnlyAudio = Literal["zero", "other_speaker", "skip"]
 """What a stage-2 sample of an identity WITHOUT recorded speech gets as speaker input.
@@ -139,6 +144,10 @@ class Stage2Config:
         batch_size: samples per step per process (official 4).
         lr, beta1, beta2: Adam for G (official: 2e-4, 0.5, 0.999).
         d_lr: Adam learning rate of D (official: same as G); D uses the same betas.
+        lr_schedule: G's learning rate over the stage (``LrSchedule``; official: constant).
+        ema_decay: exponential moving average of G's weights and buffers, updated after every
+            step; when > 0 the checkpoints' ``generator.safetensors`` holds the average (the
+            raw weights stay in ``state.pt`` for resuming). 0 turns it off (official).
     """
 
     steps: int = 20000
@@ -147,10 +156,22 @@ class Stage2Config:
     beta1: float = 0.5
     beta2: float = 0.999
     d_lr: float = 2e-4
+    lr_schedule: LrSchedule = "constant"
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _check_stage("stage2", self.steps, self.batch_size, self.lr, self.beta1, self.beta2)
         _check_range("stage2.d_lr", self.d_lr, 0.0, 1.0)
+        _check_range("stage2.ema_decay", self.ema_decay, 0.0, 1.0)
+        if self.ema_decay >= 1.0:
+            raise ValueError("stage2.ema_decay must be below 1 (1 never moves the average)")
+
+    def lr_at(self, step: int) -> float:
+        """G's learning rate for optimiser step ``step`` (0-based) of this stage."""
+        if self.lr_schedule == "constant" or self.steps <= 1:
+            return self.lr
+        progress = min(max(step, 0), self.steps) / self.steps
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)

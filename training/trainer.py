@@ -50,6 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -254,6 +255,14 @@ class Trainer:
         self.opt_d = torch.optim.Adam(
             _trainable(self.discriminator), lr=s2.d_lr, betas=(s2.beta1, s2.beta2)
         )
+        # Made after the warm start, so the average starts from the warm-start weights.
+        self.ema: AveragedModel | None = None
+        if s2.ema_decay > 0:
+            self.ema = AveragedModel(
+                self.generator,
+                multi_avg_fn=get_ema_multi_avg_fn(s2.ema_decay),  # type: ignore[no-untyped-call]
+                use_buffers=True,
+            )
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
@@ -508,7 +517,12 @@ class Trainer:
             )
         self.opt_g.zero_grad(set_to_none=True)
         _backward(self.scaler.scale(g.total))
+        lr = self.config.stage2.lr_at(self.step)
+        for group in self.opt_g.param_groups:
+            group["lr"] = lr
         self.scaler.step(self.opt_g)
+        if self.ema is not None:
+            self.ema.update_parameters(self.generator)
 
         d_loss = g.total.new_zeros(())
         if adversarial:
@@ -633,7 +647,7 @@ class Trainer:
             partial.mkdir(parents=True)
             torch.save(self._state(), partial / STATE_FILE)
             save_generator(
-                self.generator,
+                self._shipped_generator(),
                 partial / GENERATOR_FILE,
                 metadata={"stage": str(self.stage), "step": str(self.step)},
             )
@@ -651,6 +665,15 @@ class Trainer:
         else:
             self.checkpoint = self.run_dir / CHECKPOINT_DIR / f"stage{self.stage}_{self.step:07d}"
         _barrier(self.dist)
+
+    def _shipped_generator(self) -> Generator:
+        """What a checkpoint's generator.safetensors holds: the weight average in stage 2
+        when there is one, else the trained weights."""
+        if self.ema is not None and self.stage == 2:
+            module = self.ema.module
+            assert isinstance(module, Generator)
+            return module
+        return self.generator
 
     def _sync_buffers(self) -> None:
         """Give every process the main process's BatchNorm running statistics.
@@ -686,6 +709,7 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def _load_checkpoint(self, folder: Path) -> None:
@@ -697,6 +721,8 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         _set_rng_state(state["rng"])
         self.stage = 1 if int(state["stage"]) == 1 else 2
         self.step = int(state["step"])

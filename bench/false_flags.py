@@ -178,6 +178,27 @@ def score_painted(
     }
 
 
+def paint_run(
+    clean_path: Path, number: int, tag: str, frames: int, cache: Path
+) -> tuple[str, Path, Path]:
+    """The occluder kind of the ``number``-th clip (``KINDS`` in turn), its painted copy and
+    truth masks in ``cache`` (painted now unless cached)."""
+    kind = KINDS[number % len(KINDS)]
+    truth_file = cache / f"{tag}.{kind}.truth.npy"
+    masked_file = cache / f"{tag}.{kind}.mp4"
+    if not truth_file.is_file():
+        masked = make_masked_clip(
+            clean_path, masked_file, seed=number, max_frames=frames, shapes=occluder_shapes(kind)
+        )
+        np.save(truth_file, np.stack([masked.truth[i] for i in range(len(masked.truth))]))
+    return kind, masked_file, truth_file
+
+
+def run_tag(source: Path, side: int) -> str:
+    """The cache name of ``source`` at ``side`` (0: native size)."""
+    return f"{source.parent.name}_{source.stem}_s{side or 'native'}"
+
+
 def prepare(
     clips: Sequence[Path],
     sizes: Sequence[int],
@@ -193,26 +214,14 @@ def prepare(
     items: list[dict[str, Any]] = []
     for number, source in enumerate(clips):
         for side in sizes:
-            tag = f"{source.parent.name}_{source.stem}_s{side or 'native'}"
+            tag = run_tag(source, side)
             clean_path = resized_copy(source, cache / f"{tag}.mp4", side, frames)
             item: dict[str, Any] = {
                 "name": f"{source.parent.name}/{source.name} @{side or 'native'}",
                 "clean": analyse_clip(clean_path, frames, cache / f"{tag}.clean.npz"),
             }
             if paint:
-                kind = KINDS[number % len(KINDS)]
-                truth_file = cache / f"{tag}.{kind}.truth.npy"
-                masked_file = cache / f"{tag}.{kind}.mp4"
-                if not truth_file.is_file():
-                    masked = make_masked_clip(
-                        clean_path,
-                        masked_file,
-                        seed=number,
-                        max_frames=frames,
-                        shapes=occluder_shapes(kind),
-                    )
-                    painted = [masked.truth[i] for i in range(len(masked.truth))]
-                    np.save(truth_file, np.stack(painted))
+                kind, masked_file, truth_file = paint_run(clean_path, number, tag, frames, cache)
                 item["kind"] = kind
                 item["truth"] = np.load(truth_file)
                 item["painted"] = analyse_clip(masked_file, frames, cache / f"{tag}.{kind}.npz")

@@ -87,7 +87,11 @@ class MaskDetectOptions:
     ``change_levels`` (mean absolute difference of a 32x32 grey thumbnail, 8-bit levels) since
     it was last segmented or its coverage sits near the threshold; in between, its last mask is
     reused (what covers a face moves with it, so it stays put in the aligned crop). 1 segments
-    every face of every call. ``backend``: onnxruntime (default) or torch. ``weights``: a .onnx
+    every face of every call. ``realign_covered``: a face decided covered is aligned from
+    corrected landmarks from its next frame on (``covered_tracks``,
+    ``stream.align.CoveredLandmarks``: under an occluder the detector places the face too
+    high and too small, and the occluder's lower part falls outside the crop; see
+    ``bench.covered_landmarks``). ``backend``: onnxruntime (default) or torch. ``weights``: a .onnx
         (onnxruntime) or .safetensors (torch) file instead of the shipped one. ``threads``:
         intra-op threads of the backend."""
 
@@ -100,6 +104,7 @@ class MaskDetectOptions:
     forget_after_frames: int = 25
     refresh_every: int = 3
     change_levels: float = 3.0
+    realign_covered: bool = True
     backend: Backend = "onnxruntime"
     weights: Path | None = None
     threads: int = 1
@@ -268,6 +273,17 @@ class MaskDetector:
         # Near the threshold the decision may flip: keep looking every call.
         threshold = options.covered_fraction
         return 0.5 * threshold <= state.coverage.coverage_fraction <= 2.0 * threshold
+
+    def covered_tracks(self) -> frozenset[int]:
+        """Tracks decided covered on the latest call (``CoveredTracks``; none without
+        ``realign_covered``)."""
+        if not self.options.realign_covered:
+            return frozenset()
+        return frozenset(
+            track_id
+            for track_id, state in self._tracks.items()
+            if state.last_seen == self._calls and state.coverage.covered
+        )
 
     def analyse_still(self, crops: npt.NDArray[np.uint8]) -> list[FaceCoverage]:
         """Decisions for unrelated photos: no smoothing, no hysteresis, no state kept."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from stream.types import AlignedFace, Mask, Occlusion
 
@@ -23,6 +23,16 @@ class OcclusionModel(Protocol):
 
     def reset(self) -> None:
         """Forget per-face state (a new stream or connection: track ids start over)."""
+        ...
+
+
+@runtime_checkable
+class CoveredTracks(Protocol):
+    """A region model that says which tracks it found covered on its latest call; their
+    faces are then aligned as covered faces (``stream.restore.realign_covered``)."""
+
+    def covered_tracks(self) -> frozenset[int]:
+        """Track ids decided covered on the latest ``predict`` (empty: align none)."""
         ...
 
 

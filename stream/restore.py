@@ -3,28 +3,41 @@ track + align faces, then inpaint the covered region and composite it back."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from stream.align import align_face
+from stream.align import align_covered_face, align_face
 from stream.composite import FrameRegion, composite_region, feather, inpaint_hole
 from stream.detect import DetectorOptions, FaceDetector
 from stream.inpaint import Inpainter
-from stream.occlusion import OcclusionModel
+from stream.occlusion import CoveredTracks, OcclusionModel
 from stream.track import FaceTracker, TrackerOptions
-from stream.types import AlignedFace, Image, InpaintResult, Mask, Occlusion, VideoFrame
+from stream.types import (
+    AlignedFace,
+    FloatArray,
+    Image,
+    InpaintResult,
+    Mask,
+    Occlusion,
+    VideoFrame,
+)
 
 
 @dataclass(frozen=True, eq=False)
 class TrackedFace:
-    """One face of a frame, aligned to the crop template."""
+    """One face of a frame, aligned to the crop template; ``landmarks5`` (what it was
+    aligned from) and ``score`` (the detector's) let ``realigned_covered`` align it again
+    should it be covered (None: it cannot be)."""
 
     track_id: int
     box: tuple[float, float, float, float]
     aligned: AlignedFace
+    landmarks5: FloatArray | None = None
+    score: float = 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,10 +117,31 @@ class FaceAnalyser:
                 track_id=t.track_id,
                 box=t.detection.box,
                 aligned=align_face(frame.image, t.smoothed_landmarks),
+                landmarks5=t.smoothed_landmarks,
+                score=t.detection.score,
             )
             for t in tracks
         )
         return FrameFaces(frame=frame, faces=faces)
+
+
+def realigned_covered(face: TrackedFace, image: Image) -> TrackedFace:
+    """``face`` aligned as a covered face (``stream.align.align_covered_face``: landmarks
+    corrected for what the occluder hides), or ``face`` itself when it has no landmarks."""
+    if face.landmarks5 is None:
+        return face
+    aligned = align_covered_face(image, face.landmarks5, face.box, face.score)
+    return dataclasses.replace(face, aligned=aligned)
+
+
+def realign_covered(work: FrameFaces, tracks: frozenset[int]) -> FrameFaces:
+    """``work`` with the faces of ``tracks`` aligned as covered faces (``realigned_covered``)."""
+    if not tracks or not any(f.track_id in tracks for f in work.faces):
+        return work
+    faces = tuple(
+        realigned_covered(f, work.frame.image) if f.track_id in tracks else f for f in work.faces
+    )
+    return FrameFaces(frame=work.frame, faces=faces)
 
 
 @dataclass(frozen=True)
@@ -286,7 +320,15 @@ def plan_frame(
     work: FrameFaces, occlusion: OcclusionModel, reuse: ReuseCache | None = None
 ) -> PlannedFrame:
     """Which faces of ``work`` are covered, and which of those to regenerate (the others
-    reuse their track's crop). Records the decisions in ``reuse``'s decision half."""
+    reuse their track's crop). Records the decisions in ``reuse``'s decision half.
+
+    A region model that says which tracks it found covered (``CoveredTracks``, e.g.
+    ``--mask-detect``) gets those faces aligned as covered faces (``realign_covered``): the
+    decision of the track's previous frame picks the crop, so a face is segmented once per
+    frame and an uncovered face keeps today's alignment; the plan's ``work`` holds the crops
+    used, which the inpainter and the composite then use too."""
+    if isinstance(occlusion, CoveredTracks):
+        work = realign_covered(work, occlusion.covered_tracks())
     if reuse is not None:
         reuse.forget_references({f.track_id for f in work.faces})
     if not work.faces:

@@ -54,7 +54,7 @@ from bench.restore_video import make_masked_clip, to_frame
 from stream.align import crop_at
 from stream.mask_detect import MaskDetectOptions, MaskDetector
 from stream.media import VideoReader
-from stream.restore import FaceAnalyser
+from stream.restore import FaceAnalyser, realigned_covered
 from stream.types import AlignedFace
 
 KINDS = ("surgical", "hand", "kn95", "n95", "cloth")
@@ -93,13 +93,17 @@ def resized_copy(source: Path, output: Path, side: int, frames: int) -> Path:
 
 def analyse_clip(path: Path, frames: int, cache: Path) -> dict[str, Any]:
     """Aligned crops, inverse affines and track ids of every face of the first ``frames``
-    frames (cached in ``cache``)."""
+    frames, and each face's crop and inverse affine as aligned were it covered
+    (``crops_covered``, ``inverse_covered``: ``stream.align.align_covered_face``); cached in
+    ``cache`` (an older cache without the covered crops is made again)."""
     if cache.is_file():
         with np.load(cache) as data:
-            return {k: data[k] for k in data.files}
+            if "crops_covered" in data.files:
+                return {k: data[k] for k in data.files}
     analyser = FaceAnalyser()
     crops: list[npt.NDArray[np.uint8]] = []
     inverses: list[npt.NDArray[np.float64]] = []
+    covered: list[AlignedFace] = []
     tracks: list[int] = []
     frame_of: list[int] = []
     shape = (0, 0)
@@ -112,11 +116,19 @@ def analyse_clip(path: Path, frames: int, cache: Path) -> dict[str, Any]:
             for face, track in zip(work.faces, work.track_ids, strict=True):
                 crops.append(face.aligned.crop)
                 inverses.append(np.asarray(face.aligned.inverse_affine, np.float64))
+                covered.append(realigned_covered(face, frame.image).aligned)
                 tracks.append(int(track))
                 frame_of.append(index)
+    empty_crops = np.zeros((0, 256, 256, 3), np.uint8)
     out: dict[str, Any] = {
-        "crops": np.stack(crops) if crops else np.zeros((0, 256, 256, 3), np.uint8),
+        "crops": np.stack(crops) if crops else empty_crops,
         "inverse": np.stack(inverses) if inverses else np.zeros((0, 2, 3)),
+        "crops_covered": np.stack([f.crop for f in covered]) if covered else empty_crops,
+        "inverse_covered": (
+            np.stack([np.asarray(f.inverse_affine, np.float64) for f in covered])
+            if covered
+            else np.zeros((0, 2, 3))
+        ),
         "track": np.asarray(tracks, np.int64),
         "frame": np.asarray(frame_of, np.int64),
         "shape": np.asarray(shape, np.int64),
@@ -128,7 +140,8 @@ def analyse_clip(path: Path, frames: int, cache: Path) -> dict[str, Any]:
 
 def crop_like(clip: dict[str, Any], video: Path) -> dict[str, Any]:
     """``clip`` (a cached analysis) with its crops taken from ``video`` instead, frame by frame
-    under the same affines: the painted frames where the clean clip's faces were aligned."""
+    under the same affines: the painted frames where the clean clip's faces were aligned (and
+    no covered-face crops: every face stays where the clean clip put it)."""
     inverses = clip["inverse"]
     crops = np.empty_like(clip["crops"])
     with VideoReader(video, threads=1) as reader:
@@ -138,34 +151,54 @@ def crop_like(clip: dict[str, Any], video: Path) -> dict[str, Any]:
             for row in np.flatnonzero(clip["frame"] == index):
                 affine = cv2.invertAffineTransform(inverses[row])
                 crops[row] = crop_at(frame.image, np.asarray(affine, np.float64)).crop
-    return {**clip, "crops": crops}
+    kept = {k: v for k, v in clip.items() if k not in ("crops_covered", "inverse_covered")}
+    return {**kept, "crops": crops}
 
 
-def run_detector(clip: dict[str, Any], options: MaskDetectOptions) -> list[npt.NDArray[Any]]:
-    """The detector's mask (crop space) of every face of a cached clip, in order."""
+def run_detector(
+    clip: dict[str, Any], options: MaskDetectOptions
+) -> tuple[list[npt.NDArray[Any]], npt.NDArray[np.float64]]:
+    """The detector's mask (crop space) of every face of a cached clip, in order, and the
+    inverse affine of the crop each was found in: as ``plan_frame`` does, a face whose track
+    the detector found covered on the previous frame (``MaskDetector.covered_tracks``) is
+    segmented in its covered-face crop (``crops_covered``) where the clip has them."""
     detector = MaskDetector(options)
     masks: list[npt.NDArray[Any]] = []
+    inverses = np.array(clip["inverse"], np.float64, copy=True)
     frame_ids = clip["frame"]
+    has_covered = "crops_covered" in clip
     for index in range(int(clip["frames"])):
         rows = np.flatnonzero(frame_ids == index)
-        faces = [AlignedFace(clip["crops"][r], np.zeros((2, 3)), clip["inverse"][r]) for r in rows]
+        realign = detector.covered_tracks() if has_covered else frozenset()
+        faces = []
+        for r in rows:
+            if int(clip["track"][r]) in realign:
+                inverses[r] = clip["inverse_covered"][r]
+                faces.append(AlignedFace(clip["crops_covered"][r], np.zeros((2, 3)), inverses[r]))
+            else:
+                faces.append(AlignedFace(clip["crops"][r], np.zeros((2, 3)), inverses[r]))
         occlusions = detector.predict(faces, [int(clip["track"][r]) for r in rows])
         masks.extend(o.mask_256 for o in occlusions)
-    return masks
+    return masks, inverses
 
 
 def score_painted(
-    clip: dict[str, Any], masks: Sequence[npt.NDArray[Any]], truth: npt.NDArray[np.bool_]
+    clip: dict[str, Any],
+    masks: Sequence[npt.NDArray[Any]],
+    truth: npt.NDArray[np.bool_],
+    inverses: npt.NDArray[np.float64] | None = None,
 ) -> dict[str, float]:
     """Pooled frame-pixel precision, recall and IoU of the restored region, and the share of
-    painted faces flagged."""
+    painted faces flagged; ``inverses``: each mask's crop -> frame affine (the clip's
+    ``inverse`` by default)."""
+    inverses = clip["inverse"] if inverses is None else inverses
     shape = (int(clip["shape"][0]), int(clip["shape"][1]))
     hit = shown = true = 0
     for index in range(int(clip["frames"])):
         region = np.zeros(shape, bool)
         for row in np.flatnonzero(clip["frame"] == index):
             if masks[int(row)].any():
-                region |= to_frame(masks[int(row)], clip["inverse"][row], shape)
+                region |= to_frame(masks[int(row)], inverses[row], shape)
         hit += int((region & truth[index]).sum())
         shown += int(region.sum())
         true += int(truth[index].sum())
@@ -241,7 +274,7 @@ def evaluate(
     flagged_rows: list[dict[str, Any]] = []
     for item in items:
         clean = item["clean"]
-        masks = run_detector(clean, options)
+        masks, _ = run_detector(clean, options)
         flags = [bool(m.any()) for m in masks]
         row: dict[str, Any] = {
             "clean_faces": len(flags),
@@ -252,12 +285,13 @@ def evaluate(
                 flagged_crops.append(clean["crops"][index])
                 flagged_rows.append({"clip": item["name"], "frame": int(clean["frame"][index])})
         if "painted" in item:
-            painted_masks = run_detector(item["painted"], options)
+            painted_masks, used = run_detector(item["painted"], options)
             row["kind"] = item["kind"]
-            row.update(score_painted(item["painted"], painted_masks, item["truth"]))
+            row.update(score_painted(item["painted"], painted_masks, item["truth"], used))
         if "painted_clean_alignment" in item:
             ideal = item["painted_clean_alignment"]
-            scores = score_painted(ideal, run_detector(ideal, options), item["truth"])
+            ideal_masks, _ = run_detector(ideal, options)
+            scores = score_painted(ideal, ideal_masks, item["truth"])
             row.update({f"{k}_clean_alignment": scores[k] for k in ("precision", "recall", "iou")})
         rows[item["name"]] = row
     keys = (
@@ -305,7 +339,10 @@ def _override(options: MaskDetectOptions, assignments: Sequence[str]) -> MaskDet
         if key not in fields:
             raise SystemExit(f"unknown option {key}")
         kind = str(fields[key])
-        changes[key] = int(value) if kind == "int" else float(value)
+        if kind == "bool":
+            changes[key] = value.lower() in ("1", "true", "yes")
+        else:
+            changes[key] = int(value) if kind == "int" else float(value)
     return dataclasses.replace(options, **changes)
 
 

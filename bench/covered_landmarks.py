@@ -11,10 +11,15 @@ regression of each landmark's displacement in the eye-normalised frame on
 cross-validation (5 folds of identities) as crop error: where the clean clip's crop lands
 in the corrected crop (scale; eye-line and chin rows, crop pixels; 5th/50th/95th
 percentiles), against today's landmarks and simpler corrections (a fixed shift; box and
-score only). The coefficients fitted on all pairs are written with ``-o``.
+score only). The coefficients fitted on all pairs are written with ``-o``. With
+``--recall``, each fold's correction (fitted on the other identities) also runs through the
+real decision loop on its held-out runs (``bench.false_flags.run_detector``: the previous
+frame's decision picks the crop, as ``stream.restore.plan_frame`` does) and the restored
+region's precision, recall and IoU and the clean faces flagged are reported with and
+without it.
 
     python -m bench.covered_landmarks --clips 'DIR/**/*.mp4' --sizes 0,160 --frames 100 \\
-        --cache /tmp/ff [--ridge 10] [-o stream/covered_landmarks.json]
+        --cache /tmp/ff [--ridge 10] [--recall] [-o stream/covered_landmarks.json]
 
 Fit on training-split clips only; ``eval_only`` clips are for reporting (``bench.false_flags``).
 """
@@ -22,9 +27,11 @@ Fit on training-split clips only; ``eval_only`` clips are for reporting (``bench
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +45,15 @@ import numpy.typing as npt
 
 from avinpaint.geometry import similarity_transform
 from avinpaint.spec import CROP_TEMPLATE_256
-from bench.false_flags import _expand, paint_run, resized_copy, run_tag
+from bench.false_flags import (
+    _expand,
+    analyse_clip,
+    paint_run,
+    resized_copy,
+    run_detector,
+    run_tag,
+    score_painted,
+)
 from stream.align import (
     COVERED_FEATURES,
     CoveredLandmarks,
@@ -47,6 +62,7 @@ from stream.align import (
     landmark_weights,
 )
 from stream.detect import FaceDetector
+from stream.mask_detect import MaskDetectOptions
 from stream.media import VideoReader
 from stream.track import FaceTracker
 
@@ -76,6 +92,8 @@ class Pairs:
     painted: FloatArray
     clean: FloatArray
     identity: list[str]
+    run: list[str]
+    """Each pair's run (``bench.false_flags.run_tag``)."""
 
 
 def track_faces(path: Path, frames: int) -> list[tuple[FloatArray, FloatArray, float] | None]:
@@ -180,7 +198,7 @@ def collect(
     """The painted/clean pairs of every clip at every size (painting the clips, as
     ``bench.false_flags`` does, where the cache lacks them)."""
     cache.mkdir(parents=True, exist_ok=True)
-    boxes, scores, features, painted, clean, names = [], [], [], [], [], []
+    boxes, scores, features, painted, clean, names, runs = [], [], [], [], [], [], []
     pattern = re.compile(identity)
     for number, source in enumerate(clips):
         found = pattern.search(source.stem)
@@ -202,6 +220,7 @@ def collect(
                 painted.append(lm)
                 clean.append(b[0])
                 names.append(person)
+                runs.append(tag)
             print(f"collected {tag}: {len(names)} pairs", file=sys.stderr, flush=True)
     return Pairs(
         np.stack(boxes),
@@ -210,7 +229,57 @@ def collect(
         np.stack(painted),
         np.stack(clean),
         names,
+        runs,
     )
+
+
+def held_out_recall(
+    clips: Sequence[Path],
+    sizes: Sequence[int],
+    frames: int,
+    cache: Path,
+    pairs: Pairs,
+    ridge: float,
+    folds: int = 5,
+) -> dict[str, Any]:
+    """Restored-region precision, recall, IoU and clean faces flagged of every run (v3,
+    default options) without and with the covered-face alignment, each run's correction
+    fitted on the identities of the other folds (``identity_folds``, as ``cross_validate``)."""
+    fold = identity_folds(pairs.identity, folds)
+    fold_of_run = dict(zip(pairs.run, fold.tolist(), strict=True))
+    models = {
+        k: fit_candidate(pairs, fold != k, CANDIDATES["landmarks + box + score"], ridge)
+        for k in range(folds)
+    }
+    on = MaskDetectOptions()
+    off = dataclasses.replace(on, realign_covered=False)
+    rows: dict[str, dict[str, float]] = {}
+    for number, source in enumerate(clips):
+        for side in sizes:
+            tag = run_tag(source, side)
+            if tag not in fold_of_run:
+                continue
+            model = models[fold_of_run[tag]]
+            clean_path = resized_copy(source, cache / f"{tag}.mp4", side, frames)
+            kind, masked_file, truth_file = paint_run(clean_path, number, tag, frames, cache)
+            truth = np.load(truth_file)
+            painted = analyse_clip(masked_file, frames, None, model)
+            clean = analyse_clip(clean_path, frames, None, model)
+            row: dict[str, float] = {}
+            for name, options in (("before", off), ("corrected", on)):
+                masks, used = run_detector(painted, options)
+                scores = score_painted(painted, masks, truth, used)
+                clean_masks, _ = run_detector(clean, options)
+                flagged = sum(bool(m.any()) for m in clean_masks) / max(1, len(clean_masks))
+                row.update({f"{k}_{name}": scores[k] for k in ("precision", "recall", "iou")})
+                row[f"clean_flagged_{name}"] = flagged
+            rows[f"{tag}.{kind}"] = row
+            print(f"held out {tag}.{kind}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    mean = {
+        k: round(statistics.fmean(r[k] for r in rows.values()), 4)
+        for k in next(iter(rows.values()))
+    }
+    return {"mean": mean, "runs": rows}
 
 
 def compact_json(data: dict[str, Any]) -> str:
@@ -238,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         default=r"^cremad_\d+",
         help="regex whose match in a clip's name is its person (else the clip is its own)",
     )
+    parser.add_argument(
+        "--recall", action="store_true", help="also run each fold's correction end to end"
+    )
     parser.add_argument("-o", "--output", type=Path, help="coefficients JSON to write")
     args = parser.parse_args(argv)
     clips = _expand(args.clips)
@@ -252,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         "ridge": args.ridge,
         "held_out_crop_error": cross_validate(pairs, args.ridge),
     }
+    if args.recall:
+        report["held_out_recall"] = held_out_recall(
+            clips, sizes, args.frames, args.cache, pairs, args.ridge
+        )
     model = fit_candidate(
         pairs, np.ones(len(pairs.identity), bool), CANDIDATES["landmarks + box + score"], args.ridge
     )

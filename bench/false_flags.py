@@ -51,7 +51,7 @@ import numpy.typing as npt
 
 from bench.quality import occluder_shapes
 from bench.restore_video import make_masked_clip, to_frame
-from stream.align import crop_at
+from stream.align import CoveredLandmarks, crop_at
 from stream.mask_detect import MaskDetectOptions, MaskDetector
 from stream.media import VideoReader
 from stream.restore import FaceAnalyser, realigned_covered
@@ -91,19 +91,22 @@ def resized_copy(source: Path, output: Path, side: int, frames: int) -> Path:
     return output
 
 
-def analyse_clip(path: Path, frames: int, cache: Path) -> dict[str, Any]:
+def analyse_clip(
+    path: Path, frames: int, cache: Path | None, covered: CoveredLandmarks | None = None
+) -> dict[str, Any]:
     """Aligned crops, inverse affines and track ids of every face of the first ``frames``
     frames, and each face's crop and inverse affine as aligned were it covered
-    (``crops_covered``, ``inverse_covered``: ``stream.align.align_covered_face``); cached in
-    ``cache`` (an older cache without the covered crops is made again)."""
-    if cache.is_file():
+    (``crops_covered``, ``inverse_covered``: ``stream.align.align_covered_face`` with
+    ``covered``, the shipped correction by default); cached in ``cache`` where given (an
+    older cache without the covered crops is made again)."""
+    if cache is not None and cache.is_file():
         with np.load(cache) as data:
             if "crops_covered" in data.files:
                 return {k: data[k] for k in data.files}
     analyser = FaceAnalyser()
     crops: list[npt.NDArray[np.uint8]] = []
     inverses: list[npt.NDArray[np.float64]] = []
-    covered: list[AlignedFace] = []
+    realigned: list[AlignedFace] = []
     tracks: list[int] = []
     frame_of: list[int] = []
     shape = (0, 0)
@@ -116,17 +119,17 @@ def analyse_clip(path: Path, frames: int, cache: Path) -> dict[str, Any]:
             for face, track in zip(work.faces, work.track_ids, strict=True):
                 crops.append(face.aligned.crop)
                 inverses.append(np.asarray(face.aligned.inverse_affine, np.float64))
-                covered.append(realigned_covered(face, frame.image).aligned)
+                realigned.append(realigned_covered(face, frame.image, covered).aligned)
                 tracks.append(int(track))
                 frame_of.append(index)
     empty_crops = np.zeros((0, 256, 256, 3), np.uint8)
     out: dict[str, Any] = {
         "crops": np.stack(crops) if crops else empty_crops,
         "inverse": np.stack(inverses) if inverses else np.zeros((0, 2, 3)),
-        "crops_covered": np.stack([f.crop for f in covered]) if covered else empty_crops,
+        "crops_covered": np.stack([f.crop for f in realigned]) if realigned else empty_crops,
         "inverse_covered": (
-            np.stack([np.asarray(f.inverse_affine, np.float64) for f in covered])
-            if covered
+            np.stack([np.asarray(f.inverse_affine, np.float64) for f in realigned])
+            if realigned
             else np.zeros((0, 2, 3))
         ),
         "track": np.asarray(tracks, np.int64),
@@ -134,7 +137,8 @@ def analyse_clip(path: Path, frames: int, cache: Path) -> dict[str, Any]:
         "shape": np.asarray(shape, np.int64),
         "frames": np.asarray(min(frames, index + 1) if frames else 0, np.int64),
     }
-    np.savez(cache, **out)
+    if cache is not None:
+        np.savez(cache, **out)
     return out
 
 

@@ -134,8 +134,13 @@ def shipped_covered_landmarks() -> CoveredLandmarks:
 
 
 def align_covered_face(
-    image: Image, landmarks5: FloatArray, box: tuple[float, float, float, float], score: float
+    image: Image,
+    landmarks5: FloatArray,
+    box: tuple[float, float, float, float],
+    score: float,
+    model: CoveredLandmarks | None = None,
 ) -> AlignedFace:
-    """``align_face`` for a face known to be covered: from the landmarks
-    ``shipped_covered_landmarks`` corrects."""
-    return align_face(image, shipped_covered_landmarks().correct(landmarks5, box, score))
+    """``align_face`` for a face known to be covered: from the landmarks ``model`` (the
+    shipped one by default) corrects."""
+    model = model if model is not None else shipped_covered_landmarks()
+    return align_face(image, model.correct(landmarks5, box, score))

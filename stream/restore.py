@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from stream.align import align_covered_face, align_face
+from stream.align import CoveredLandmarks, align_covered_face, align_face
 from stream.composite import FrameRegion, composite_region, feather, inpaint_hole
 from stream.detect import DetectorOptions, FaceDetector
 from stream.inpaint import Inpainter
@@ -125,12 +125,15 @@ class FaceAnalyser:
         return FrameFaces(frame=frame, faces=faces)
 
 
-def realigned_covered(face: TrackedFace, image: Image) -> TrackedFace:
+def realigned_covered(
+    face: TrackedFace, image: Image, model: CoveredLandmarks | None = None
+) -> TrackedFace:
     """``face`` aligned as a covered face (``stream.align.align_covered_face``: landmarks
-    corrected for what the occluder hides), or ``face`` itself when it has no landmarks."""
+    corrected for what the occluder hides, by ``model`` or the shipped correction), or
+    ``face`` itself when it has no landmarks."""
     if face.landmarks5 is None:
         return face
-    aligned = align_covered_face(image, face.landmarks5, face.box, face.score)
+    aligned = align_covered_face(image, face.landmarks5, face.box, face.score, model)
     return dataclasses.replace(face, aligned=aligned)
 
 

@@ -1,0 +1,208 @@
+"""A lead, not a product path: re-place a covered face's crop from the segmenter's own mask.
+
+On a painted face YuNet's landmarks leave the crop zoomed in and high in a way that differs
+from clip to clip (``bench.covered_landmarks``: a correction from the landmarks, box and
+score removes little of it). The occluder mask the segmenter finds in that crop shows where
+the crop sits: a mask running off the crop's lower edge, or filling too much of it, says
+the crop is too tight. For every painted training-split run in a ``bench.false_flags``
+cache (its ``crops``/``inverse`` and the clean clip's), this runs ``MaskDetector`` (v3,
+default options, no covered-face alignment) on the painted crops, describes each mask by
+its coverage profile (``mask_features``), and fits a ridge regression from it to the
+similarity between the clean clip's crop and the painted crop (``crop_offset``),
+leave-identity-out (5 folds of identities, as ``bench.covered_landmarks``). Then, per fold,
+the held-out runs are cropped again where the prediction puts the clean crop (two passes
+in the same frame) and segmented again; the restored region's precision, recall and IoU
+before and after are printed as JSON.
+
+    python -m bench.mask_realign --cache /tmp/ff [--ridge 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from bench.covered_landmarks import fit_ridge, identity_folds
+from bench.false_flags import run_detector, score_painted
+from stream.align import crop_at
+from stream.mask_detect import MaskDetectOptions
+from stream.media import VideoReader
+
+FloatArray = npt.NDArray[np.float64]
+
+ROW_BANDS = tuple(range(96, 256, 16))
+"""Top rows of the 16-row bands (central columns 64-191) whose covered share is a feature."""
+
+COLUMN_BANDS = tuple(range(0, 256, 32))
+"""Left columns of the 32-column bands (rows 150-255) whose covered share is a feature."""
+
+MAX_CHIN_SHIFT_PX = 60.0
+"""Pairs whose clean chin lands further than this from the template's are left out of the
+fit (a face the tracker lost or swapped, not an aligner's error)."""
+
+
+def mask_features(mask: npt.NDArray[Any]) -> FloatArray:
+    """A constant, the covered share of the crop, of each row band and of each column band."""
+    covered = np.asarray(mask) > 0.5
+    rows = [covered[y : y + 16, 64:192].mean() for y in ROW_BANDS]
+    columns = [covered[150:256, x : x + 32].mean() for x in COLUMN_BANDS]
+    return np.array([1.0, covered.mean(), *rows, *columns], np.float64)
+
+
+def _full(affine: npt.ArrayLike) -> FloatArray:
+    out = np.eye(3)
+    out[:2] = np.asarray(affine, np.float64)
+    return out
+
+
+def crop_offset(painted_inverse: FloatArray, clean_inverse: FloatArray) -> FloatArray:
+    """The similarity from the clean crop to the painted crop of one frame as (log scale,
+    angle, x and y shift of the crop centre in crop pixels)."""
+    moved = np.linalg.inv(_full(painted_inverse)) @ _full(clean_inverse)
+    scale = float(np.hypot(moved[0, 0], moved[1, 0]))
+    angle = float(np.arctan2(moved[1, 0], moved[0, 0]))
+    centre = moved[:2, :2] @ [128.0, 128.0] + moved[:2, 2] - 128.0
+    return np.array([np.log(scale), angle, centre[0], centre[1]])
+
+
+def offset_matrix(offset: FloatArray) -> FloatArray:
+    """``crop_offset``'s (log scale, angle, x, y) back as a 3x3 matrix."""
+    log_scale, angle, dx, dy = (float(v) for v in offset)
+    turn = np.exp(log_scale) * np.array(
+        [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    )
+    out = np.eye(3)
+    out[:2, :2] = turn
+    out[:2, 2] = np.array([128.0 + dx, 128.0 + dy]) - turn @ [128.0, 128.0]
+    return out
+
+
+def chin_shift(offset: FloatArray) -> float:
+    """Rows the template's chin (128, 215) moves under ``offset``."""
+    return float((offset_matrix(offset) @ [128.0, 215.0, 1.0])[1] - 215.0)
+
+
+def load_runs(cache: Path) -> list[dict[str, Any]]:
+    """Every painted run of a ``bench.false_flags`` cache, with its masks (today's crops),
+    their features, and the offsets to the clean crops of the same frames (nan where the
+    clean clip has no face)."""
+    options = MaskDetectOptions(realign_covered=False)
+    runs = []
+    for path in sorted(cache.glob("*.npz")):
+        if path.name.endswith(".clean.npz"):
+            continue
+        tag, kind = path.name.split(".")[:2]
+        with np.load(path) as data:
+            painted = {k: data[k] for k in data.files if not k.endswith("_covered")}
+        with np.load(cache / f"{tag}.clean.npz") as data:
+            clean = {k: data[k] for k in ("inverse", "frame")}
+        masks, _ = run_detector(painted, options)
+        offsets = np.full((len(masks), 4), np.nan)
+        for row in range(len(masks)):
+            rows = np.flatnonzero(clean["frame"] == painted["frame"][row])
+            if len(rows):
+                centre = painted["inverse"][row] @ [128.0, 128.0, 1.0]
+                nearest = min(
+                    rows, key=lambda r: np.linalg.norm(clean["inverse"][r] @ [128, 128, 1] - centre)
+                )
+                offsets[row] = crop_offset(painted["inverse"][row], clean["inverse"][nearest])
+        runs.append(
+            {
+                "tag": tag,
+                "kind": kind,
+                "person": "cremad_1001"
+                if tag.startswith("cremad_cremad_1001")
+                else tag.rsplit("_s", 1)[0],
+                "painted": painted,
+                "masks": masks,
+                "features": np.stack([mask_features(m) for m in masks]),
+                "offsets": offsets,
+                "truth": np.load(cache / f"{tag}.{kind}.truth.npy"),
+                "video": cache / f"{tag}.{kind}.mp4",
+            }
+        )
+        print(f"loaded {tag}.{kind}", file=sys.stderr, flush=True)
+    return runs
+
+
+def second_pass(run: dict[str, Any], coefficients: FloatArray) -> dict[str, float]:
+    """The run's covered faces cropped where ``coefficients`` put the clean crop, segmented
+    again; the restored region's scores."""
+    painted = run["painted"]
+    inverses = np.array(painted["inverse"], np.float64, copy=True)
+    for row, mask in enumerate(run["masks"]):
+        if mask.any():
+            moved = offset_matrix(run["features"][row] @ coefficients)
+            affine = np.linalg.inv(moved) @ np.linalg.inv(_full(painted["inverse"][row]))
+            inverses[row] = np.linalg.inv(affine)[:2]
+    crops = np.empty_like(painted["crops"])
+    with VideoReader(run["video"], threads=1) as reader:
+        for index, frame in enumerate(reader):
+            if index >= int(painted["frames"]):
+                break
+            for face in np.flatnonzero(painted["frame"] == index):
+                affine = np.asarray(cv2.invertAffineTransform(inverses[face]), np.float64)
+                crops[face] = crop_at(frame.image, affine).crop
+    clip = {**painted, "crops": crops, "inverse": inverses}
+    masks, _ = run_detector(clip, MaskDetectOptions(realign_covered=False))
+    return score_painted(clip, masks, run["truth"], inverses)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fit per fold, score the held-out runs before and after; print JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, required=True, help="a bench.false_flags cache")
+    parser.add_argument("--ridge", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    runs = load_runs(args.cache)
+    fold_of = dict(
+        zip(
+            [r["person"] for r in runs],
+            identity_folds([r["person"] for r in runs], 5).tolist(),
+            strict=True,
+        )
+    )
+    features = np.concatenate([r["features"] for r in runs])
+    offsets = np.concatenate([r["offsets"] for r in runs])
+    folds = np.concatenate([[fold_of[r["person"]]] * len(r["masks"]) for r in runs])
+    usable = np.isfinite(offsets).all(axis=1)
+    usable[usable] = [abs(chin_shift(o)) < MAX_CHIN_SHIFT_PX for o in offsets[usable]]
+    rows: dict[str, Any] = {}
+    for fold in range(5):
+        train = usable & (folds != fold)
+        coefficients = fit_ridge(features[train], offsets[train], args.ridge)
+        for run in runs:
+            if fold_of[run["person"]] != fold:
+                continue
+            before = score_painted(run["painted"], run["masks"], run["truth"])
+            after = second_pass(run, coefficients)
+            rows[f"{run['tag']}.{run['kind']}"] = {"before": before, "after": after}
+            print(
+                f"{run['tag']}.{run['kind']}: {before['recall']:.3f} -> {after['recall']:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    mean = {
+        when: {
+            k: round(statistics.fmean(r[when][k] for r in rows.values()), 4)
+            for k in ("precision", "recall", "iou")
+        }
+        for when in ("before", "after")
+    }
+    print(json.dumps({"mean": mean, "runs": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,9 +12,10 @@ similarity between the clean clip's crop and the painted crop (``crop_offset``),
 leave-identity-out (5 folds of identities, as ``bench.covered_landmarks``). Then, per fold,
 the held-out runs are cropped again where the prediction puts the clean crop (two passes
 in the same frame) and segmented again; the restored region's precision, recall and IoU
-before and after are printed as JSON.
+before and after are printed as JSON. ``--report CACHE`` also applies the ridge fitted on
+every training run to another cache's runs (``eval_only``: reported, never fitted on).
 
-    python -m bench.mask_realign --cache /tmp/ff [--ridge 10]
+    python -m bench.mask_realign --cache /tmp/ff [--ridge 10] [--report /tmp/ff_eval]
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, required=True, help="a bench.false_flags cache")
     parser.add_argument("--ridge", type=float, default=10.0)
+    parser.add_argument("--report", type=Path, help="a cache to apply the full fit to")
     args = parser.parse_args(argv)
     runs = load_runs(args.cache)
     fold_of = dict(
@@ -200,7 +202,27 @@ def main(argv: list[str] | None = None) -> int:
         }
         for when in ("before", "after")
     }
-    print(json.dumps({"mean": mean, "runs": rows}, indent=1))
+    report: dict[str, Any] = {"mean": mean, "runs": rows}
+    if args.report is not None:
+        coefficients = fit_ridge(features[usable], offsets[usable], args.ridge)
+        reported = {}
+        for run in load_runs(args.report):
+            before = score_painted(run["painted"], run["masks"], run["truth"])
+            reported[f"{run['tag']}.{run['kind']}"] = {
+                "before": before,
+                "after": second_pass(run, coefficients),
+            }
+        report["reported"] = {
+            "mean": {
+                when: {
+                    k: round(statistics.fmean(r[when][k] for r in reported.values()), 4)
+                    for k in ("precision", "recall", "iou")
+                }
+                for when in ("before", "after")
+            },
+            "runs": reported,
+        }
+    print(json.dumps(report, indent=1))
     return 0
 
 

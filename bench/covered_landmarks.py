@@ -251,7 +251,7 @@ def held_out_recall(
         k: fit_candidate(pairs, fold != k, CANDIDATES["landmarks + box + score"], ridge)
         for k in range(folds)
     }
-    on = MaskDetectOptions()
+    on = MaskDetectOptions(realign_covered=True, place_covered=False)
     off = dataclasses.replace(on, realign_covered=False)
     rows: dict[str, dict[str, float]] = {}
     for number, source in enumerate(clips):

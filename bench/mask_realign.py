@@ -34,31 +34,17 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from bench.covered_landmarks import fit_ridge, identity_folds
+from bench.covered_landmarks import compact_json, fit_ridge, identity_folds
 from bench.false_flags import run_detector, score_painted
-from stream.align import crop_at
+from stream.align import crop_at, mask_features, offset_matrix
 from stream.mask_detect import MaskDetectOptions
 from stream.media import VideoReader
 
 FloatArray = npt.NDArray[np.float64]
 
-ROW_BANDS = tuple(range(96, 256, 16))
-"""Top rows of the 16-row bands (central columns 64-191) whose covered share is a feature."""
-
-COLUMN_BANDS = tuple(range(0, 256, 32))
-"""Left columns of the 32-column bands (rows 150-255) whose covered share is a feature."""
-
 MAX_CHIN_SHIFT_PX = 60.0
 """Pairs whose clean chin lands further than this from the template's are left out of the
 fit (a face the tracker lost or swapped, not an aligner's error)."""
-
-
-def mask_features(mask: npt.NDArray[Any]) -> FloatArray:
-    """A constant, the covered share of the crop, of each row band and of each column band."""
-    covered = np.asarray(mask) > 0.5
-    rows = [covered[y : y + 16, 64:192].mean() for y in ROW_BANDS]
-    columns = [covered[150:256, x : x + 32].mean() for x in COLUMN_BANDS]
-    return np.array([1.0, covered.mean(), *rows, *columns], np.float64)
 
 
 def _full(affine: npt.ArrayLike) -> FloatArray:
@@ -77,18 +63,6 @@ def crop_offset(painted_inverse: FloatArray, clean_inverse: FloatArray) -> Float
     return np.array([np.log(scale), angle, centre[0], centre[1]])
 
 
-def offset_matrix(offset: FloatArray) -> FloatArray:
-    """``crop_offset``'s (log scale, angle, x, y) back as a 3x3 matrix."""
-    log_scale, angle, dx, dy = (float(v) for v in offset)
-    turn = np.exp(log_scale) * np.array(
-        [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-    )
-    out = np.eye(3)
-    out[:2, :2] = turn
-    out[:2, 2] = np.array([128.0 + dx, 128.0 + dy]) - turn @ [128.0, 128.0]
-    return out
-
-
 def chin_shift(offset: FloatArray) -> float:
     """Rows the template's chin (128, 215) moves under ``offset``."""
     return float((offset_matrix(offset) @ [128.0, 215.0, 1.0])[1] - 215.0)
@@ -98,7 +72,7 @@ def load_runs(cache: Path) -> list[dict[str, Any]]:
     """Every painted run of a ``bench.false_flags`` cache, with its masks (today's crops),
     their features, and the offsets to the clean crops of the same frames (nan where the
     clean clip has no face)."""
-    options = MaskDetectOptions(realign_covered=False)
+    options = MaskDetectOptions(realign_covered=False, place_covered=False)
     runs = []
     for path in sorted(cache.glob("*.npz")):
         if path.name.endswith(".clean.npz"):
@@ -156,7 +130,7 @@ def second_pass(run: dict[str, Any], coefficients: FloatArray) -> dict[str, floa
                 affine = np.asarray(cv2.invertAffineTransform(inverses[face]), np.float64)
                 crops[face] = crop_at(frame.image, affine).crop
     clip = {**painted, "crops": crops, "inverse": inverses}
-    masks, _ = run_detector(clip, MaskDetectOptions(realign_covered=False))
+    masks, _ = run_detector(clip, MaskDetectOptions(realign_covered=False, place_covered=False))
     return score_painted(clip, masks, run["truth"], inverses)
 
 
@@ -166,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, required=True, help="a bench.false_flags cache")
     parser.add_argument("--ridge", type=float, default=10.0)
     parser.add_argument("--report", type=Path, help="a cache to apply the full fit to")
+    parser.add_argument("-o", "--output", type=Path, help="coefficients JSON to write")
     args = parser.parse_args(argv)
     runs = load_runs(args.cache)
     fold_of = dict(
@@ -203,8 +178,21 @@ def main(argv: list[str] | None = None) -> int:
         for when in ("before", "after")
     }
     report: dict[str, Any] = {"mean": mean, "runs": rows}
+    coefficients = fit_ridge(features[usable], offsets[usable], args.ridge)
+    if args.output is not None:
+        data = {
+            "about": "stream.align.CoveredPlacement coefficients (rows: mask_features; "
+            "columns: log scale, angle, x and y shift of the crop centre from the well-placed "
+            "crop to the crop the mask was found in), fitted by bench.mask_realign on "
+            "training-split clips only",
+            "command": "python -m bench.mask_realign " + " ".join(argv or sys.argv[1:]),
+            "frames": int(usable.sum()),
+            "ridge": args.ridge,
+            "held_out": mean,
+            "coefficients": [[round(float(v), 6) for v in row] for row in coefficients],
+        }
+        args.output.write_text(compact_json(data))
     if args.report is not None:
-        coefficients = fit_ridge(features[usable], offsets[usable], args.ridge)
         reported = {}
         for run in load_runs(args.report):
             before = score_painted(run["painted"], run["masks"], run["truth"])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from avinpaint.geometry import invert_affine, similarity_transform
 from avinpaint.spec import ALIGN_MOUTH_WEIGHT, ALIGN_YAW_RAMP, CROP_SIZE, CROP_TEMPLATE_256
@@ -144,3 +145,74 @@ def align_covered_face(
     shipped one by default) corrects."""
     model = model if model is not None else shipped_covered_landmarks()
     return align_face(image, model.correct(landmarks5, box, score))
+
+
+# --- covered faces, placed from their occluder mask -----------------------------------------
+
+COVERED_PLACEMENT_FILE = Path(__file__).with_name("covered_placement.json")
+"""Coefficients of ``CoveredPlacement`` (fitted by ``bench.mask_realign``)."""
+
+PLACEMENT_ROW_BANDS = tuple(range(96, 256, 16))
+"""Top rows of the 16-row bands (central columns 64-191) whose covered share is a feature."""
+
+PLACEMENT_COLUMN_BANDS = tuple(range(0, 256, 32))
+"""Left columns of the 32-column bands (rows 150-255) whose covered share is a feature."""
+
+PLACEMENT_FEATURES = 2 + len(PLACEMENT_ROW_BANDS) + len(PLACEMENT_COLUMN_BANDS)
+"""Length of ``mask_features``."""
+
+
+def mask_features(mask: npt.ArrayLike) -> FloatArray:
+    """What ``CoveredPlacement`` reads of a CROP_SIZE occluder mask: a constant, the covered
+    share of the crop, of each row band and of each column band."""
+    covered = np.asarray(mask) > 0.5
+    rows = [covered[y : y + 16, 64:192].mean() for y in PLACEMENT_ROW_BANDS]
+    columns = [covered[150:256, x : x + 32].mean() for x in PLACEMENT_COLUMN_BANDS]
+    return np.array([1.0, covered.mean(), *rows, *columns], np.float64)
+
+
+def offset_matrix(offset: npt.ArrayLike) -> FloatArray:
+    """A crop -> crop similarity (3x3) from (log scale, angle in radians, x and y shift of the
+    crop centre in crop pixels)."""
+    log_scale, angle, dx, dy = (float(v) for v in np.asarray(offset, np.float64))
+    turn = np.exp(log_scale) * np.array(
+        [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    )
+    centre = np.array([CROP_SIZE / 2.0, CROP_SIZE / 2.0])
+    out = np.eye(3)
+    out[:2, :2] = turn
+    out[:2, 2] = centre + np.array([dx, dy]) - turn @ centre
+    return out
+
+
+@dataclass(frozen=True)
+class CoveredPlacement:
+    """Where a covered face's crop should lie, read from the occluder mask the segmenter
+    found in it: the mask's coverage profile (``mask_features``) tells a crop that the
+    detector's landmarks zoomed in and moved up (the occluder fills it and runs off its
+    lower edge) from a well-placed one. A linear map of the features gives the similarity
+    from the well-placed crop to this one (``offset_matrix``'s parameters);
+    ``coefficients`` is (``PLACEMENT_FEATURES``, 4)."""
+
+    coefficients: FloatArray
+
+    def __post_init__(self) -> None:
+        if np.shape(self.coefficients) != (PLACEMENT_FEATURES, 4):
+            raise ValueError(
+                f"coefficients must be ({PLACEMENT_FEATURES}, 4), got {np.shape(self.coefficients)}"
+            )
+
+    def place(self, affine: FloatArray, mask: npt.ArrayLike) -> FloatArray:
+        """The frame -> crop affine of the well-placed crop of a face cropped by ``affine``
+        with ``mask`` found in that crop."""
+        moved = offset_matrix(mask_features(mask) @ self.coefficients)
+        full = np.eye(3)
+        full[:2] = np.asarray(affine, np.float64)
+        return np.asarray((np.linalg.inv(moved) @ full)[:2], np.float64)
+
+
+@lru_cache(maxsize=1)
+def shipped_covered_placement() -> CoveredPlacement:
+    """The shipped placement (``COVERED_PLACEMENT_FILE``)."""
+    data = json.loads(COVERED_PLACEMENT_FILE.read_text())
+    return CoveredPlacement(np.asarray(data["coefficients"], dtype=np.float64))

@@ -20,6 +20,7 @@ One ``MaskDetector`` per stream: it keeps per-track state and is not thread-safe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from avinpaint.spec import CROP_SIZE
+from stream.align import CoveredPlacement, shipped_covered_placement
 from stream.errors import AvstreamError
 from stream.types import AlignedFace, FloatArray, Mask, Occlusion
 
@@ -87,13 +89,16 @@ class MaskDetectOptions:
     ``change_levels`` (mean absolute difference of a 32x32 grey thumbnail, 8-bit levels) since
     it was last segmented or its coverage sits near the threshold; in between, its last mask is
     reused (what covers a face moves with it, so it stays put in the aligned crop). 1 segments
-    every face of every call. ``realign_covered``: a face decided covered is aligned from
-    corrected landmarks from its next frame on (``covered_tracks``,
-    ``stream.align.CoveredLandmarks``: under an occluder the detector places the face too
-    high and too small, and the occluder's lower part falls outside the crop; see
-    ``bench.covered_landmarks``). ``backend``: onnxruntime (default) or torch. ``weights``: a .onnx
-        (onnxruntime) or .safetensors (torch) file instead of the shipped one. ``threads``:
-        intra-op threads of the backend."""
+    every face of every call. ``place_covered``: a face decided covered is cropped again
+    where its occluder mask says the face lies and segmented again in that crop, in the same
+    frame (``placement``, ``predict_placed``, ``stream.align.CoveredPlacement``: under an
+    occluder the detector's landmarks zoom the crop in and move it up, and the occluder's
+    lower part falls outside it; see ``bench.mask_realign``). ``realign_covered`` (off): a
+    face decided covered is aligned from landmarks corrected for the occluder from its next
+    frame on instead (``covered_tracks``, ``stream.align.CoveredLandmarks``, gaining less;
+    see ``bench.covered_landmarks``). ``backend``: onnxruntime (default) or torch.
+        ``weights``: a .onnx (onnxruntime) or .safetensors (torch) file instead of the
+        shipped one. ``threads``: intra-op threads of the backend."""
 
     pixel_threshold: float = 0.5
     covered_fraction: float = 0.04
@@ -104,7 +109,8 @@ class MaskDetectOptions:
     forget_after_frames: int = 25
     refresh_every: int = 3
     change_levels: float = 3.0
-    realign_covered: bool = True
+    place_covered: bool = True
+    realign_covered: bool = False
     backend: Backend = "onnxruntime"
     weights: Path | None = None
     threads: int = 1
@@ -211,6 +217,10 @@ class MaskDetector:
         self._tracks: dict[int, _TrackState] = {}
         self._matcher = _Matcher()
         self._calls = 0
+        self._placed: MaskDetector | None = None
+        """The second pass's detector (``predict_placed``): its own per-track state, since
+        its crops are not the first pass's."""
+        self._placed_at: dict[int, int] = {}
         self.segmented = 0
         """Faces segmented so far (the rest reused their track's mask: ``refresh_every``)."""
         self.reused = 0
@@ -274,6 +284,27 @@ class MaskDetector:
         threshold = options.covered_fraction
         return 0.5 * threshold <= state.coverage.coverage_fraction <= 2.0 * threshold
 
+    def placement(self) -> CoveredPlacement | None:
+        """How covered faces are cropped again (``place_covered``; None: they are not)."""
+        return shipped_covered_placement() if self.options.place_covered else None
+
+    def predict_placed(self, faces: list[AlignedFace], track_ids: Sequence[int]) -> list[Occlusion]:
+        """The second pass: the covered faces of the latest ``predict``, cropped again
+        (``placement``), segmented with their own smoothing, hysteresis and cadence; a track
+        not placed on the previous call starts afresh."""
+        if self._placed is None:
+            options = dataclasses.replace(self.options, place_covered=False, realign_covered=False)
+            self._placed = MaskDetector(options, self._predict)
+        for track_id in track_ids:
+            if self._placed_at.get(track_id) != self._calls - 1:
+                self._placed.forget(track_id)
+        self._placed_at = {t: self._calls for t in track_ids}
+        return self._placed.predict(faces, track_ids)
+
+    def forget(self, track_id: int) -> None:
+        """Drop one track's state."""
+        self._tracks.pop(track_id, None)
+
     def covered_tracks(self) -> frozenset[int]:
         """Tracks decided covered on the latest call (``CoveredTracks``; none without
         ``realign_covered``)."""
@@ -296,6 +327,8 @@ class MaskDetector:
         """Forget every track (a new stream, or a seek)."""
         self._tracks.clear()
         self._matcher = _Matcher()
+        self._placed = None
+        self._placed_at = {}
 
     def _update(
         self, track_id: int, probability: Mask, thumbnail: npt.NDArray[np.float32]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol, runtime_checkable
 
+from stream.align import CoveredPlacement
 from stream.types import AlignedFace, Mask, Occlusion
 
 
@@ -33,6 +34,20 @@ class CoveredTracks(Protocol):
 
     def covered_tracks(self) -> frozenset[int]:
         """Track ids decided covered on the latest ``predict`` (empty: align none)."""
+        ...
+
+
+@runtime_checkable
+class PlacesCovered(Protocol):
+    """A region model that crops its covered faces again where their occluder mask says the
+    face lies, and segments them again there (``stream.restore.place_covered``)."""
+
+    def placement(self) -> CoveredPlacement | None:
+        """How to place a covered face's crop (None: do not)."""
+        ...
+
+    def predict_placed(self, faces: list[AlignedFace], track_ids: Sequence[int]) -> list[Occlusion]:
+        """One ``Occlusion`` per placed face of the latest ``predict``, same order."""
         ...
 
 

@@ -4,17 +4,18 @@ track + align faces, then inpaint the covered region and composite it back."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from stream.align import CoveredLandmarks, align_covered_face, align_face
+from stream.align import CoveredLandmarks, align_covered_face, align_face, crop_at
 from stream.composite import FrameRegion, composite_region, feather, inpaint_hole
 from stream.detect import DetectorOptions, FaceDetector
 from stream.inpaint import Inpainter
-from stream.occlusion import CoveredTracks, OcclusionModel
+from stream.occlusion import CoveredTracks, OcclusionModel, PlacesCovered
 from stream.track import FaceTracker, TrackerOptions
 from stream.types import (
     AlignedFace,
@@ -145,6 +146,44 @@ def realign_covered(work: FrameFaces, tracks: frozenset[int]) -> FrameFaces:
         realigned_covered(f, work.frame.image) if f.track_id in tracks else f for f in work.faces
     )
     return FrameFaces(frame=work.frame, faces=faces)
+
+
+def place_covered_faces(
+    image: Image,
+    faces: Sequence[AlignedFace],
+    occlusions: Sequence[Occlusion],
+    track_ids: Sequence[int],
+    model: PlacesCovered,
+) -> tuple[list[AlignedFace], list[Occlusion]]:
+    """Each covered face (a non-empty region) cropped again where its mask says the face
+    lies (``model.placement``) and segmented again there (``model.predict_placed``); the
+    other faces as they were. Returns the crops and occlusions to use, same order."""
+    placement = model.placement()
+    out_faces, out_occlusions = list(faces), list(occlusions)
+    chosen = [i for i, occ in enumerate(occlusions) if occ.mask_256.any()]
+    if placement is None or not chosen:
+        return out_faces, out_occlusions
+    placed = [
+        crop_at(image, placement.place(faces[i].affine, occlusions[i].mask_256)) for i in chosen
+    ]
+    second = model.predict_placed(placed, [track_ids[i] for i in chosen])
+    for i, aligned, occlusion in zip(chosen, placed, second, strict=True):
+        out_faces[i], out_occlusions[i] = aligned, occlusion
+    return out_faces, out_occlusions
+
+
+def place_covered(
+    work: FrameFaces, occlusions: Sequence[Occlusion], model: PlacesCovered
+) -> tuple[FrameFaces, tuple[Occlusion, ...]]:
+    """``place_covered_faces`` on a frame's tracked faces."""
+    aligned, placed = place_covered_faces(
+        work.frame.image, [f.aligned for f in work.faces], occlusions, work.track_ids, model
+    )
+    faces = tuple(
+        f if a is f.aligned else dataclasses.replace(f, aligned=a)
+        for f, a in zip(work.faces, aligned, strict=True)
+    )
+    return FrameFaces(frame=work.frame, faces=faces), tuple(placed)
 
 
 @dataclass(frozen=True)
@@ -329,7 +368,10 @@ def plan_frame(
     ``--mask-detect``) gets those faces aligned as covered faces (``realign_covered``): the
     decision of the track's previous frame picks the crop, so a face is segmented once per
     frame and an uncovered face keeps today's alignment; the plan's ``work`` holds the crops
-    used, which the inpainter and the composite then use too."""
+    used, which the inpainter and the composite then use too. A region model that places
+    covered faces (``PlacesCovered``, ``--mask-detect`` by default) gets each face it found
+    covered cropped again where the occluder mask says the face lies and segmented again
+    there, in the same frame (``place_covered``)."""
     if isinstance(occlusion, CoveredTracks):
         work = realign_covered(work, occlusion.covered_tracks())
     if reuse is not None:
@@ -337,6 +379,8 @@ def plan_frame(
     if not work.faces:
         return PlannedFrame(work=work, occlusions=(), covered=(), fresh=())
     occlusions = tuple(occlusion.predict([f.aligned for f in work.faces], work.track_ids))
+    if isinstance(occlusion, PlacesCovered):
+        work, occlusions = place_covered(work, occlusions, occlusion)
     # A face with nothing covered is not restored at all: it stays bit for bit as decoded.
     covered = tuple(i for i, occ in enumerate(occlusions) if occ.mask_256.any())
     fresh = []

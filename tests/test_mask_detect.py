@@ -115,7 +115,7 @@ def test_covered_face_mask_is_dilated_on_request() -> None:
 
 def test_covered_tracks_are_those_decided_covered_on_the_latest_call() -> None:
     covered, bare = _box(130, 230), _box(150, 156, 120, 130)
-    options = MaskDetectOptions(refresh_every=1, smoothing=1.0)
+    options = MaskDetectOptions(refresh_every=1, smoothing=1.0, realign_covered=True)
     detector = MaskDetector(options, _scripted([covered, bare, covered]))
     assert detector.covered_tracks() == frozenset()
     detector.analyse([_aligned(), _aligned(3.0)], [7, 8])
@@ -126,6 +126,33 @@ def test_covered_tracks_are_those_decided_covered_on_the_latest_call() -> None:
     off = MaskDetector(dataclasses.replace(options, realign_covered=False), _scripted([covered]))
     off.analyse([_aligned()], [7])
     assert off.covered_tracks() == frozenset()
+
+
+def test_placed_faces_are_segmented_with_their_own_state() -> None:
+    covered, lower, upper = _box(130, 230), _box(150, 250), _box(100, 200)
+    maps = [covered, lower, covered, upper, covered, covered, upper]
+    detector = MaskDetector(MaskDetectOptions(refresh_every=1), _scripted(maps))
+    assert detector.placement() is not None
+
+    def rows(mask: npt.NDArray[np.float32]) -> tuple[int, int]:
+        covered_rows = np.flatnonzero(mask.any(axis=1))
+        return int(covered_rows[0]), int(covered_rows[-1]) + 1
+
+    detector.predict([_aligned()], [7])
+    # The second pass starts from its own crop's map, not the first pass's smoothed one ...
+    (placed,) = detector.predict_placed([_aligned(5.0)], [7])
+    assert rows(placed.mask_256) == (150, 250)
+    # ... and smooths over its own calls (0.5 of each: only the overlap stays above 0.5).
+    detector.predict([_aligned()], [7])
+    (again,) = detector.predict_placed([_aligned(5.0)], [7])
+    assert rows(again.mask_256) == (150, 200)
+    # A track not placed on the previous call starts afresh.
+    detector.predict([_aligned()], [7])
+    detector.predict([_aligned()], [7])
+    (fresh,) = detector.predict_placed([_aligned(5.0)], [7])
+    assert rows(fresh.mask_256) == (100, 200)
+    off = MaskDetector(MaskDetectOptions(place_covered=False), _scripted([]))
+    assert off.placement() is None
 
 
 def test_decision_has_hysteresis() -> None:

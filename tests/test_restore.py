@@ -12,7 +12,13 @@ import pytest
 
 from avinpaint.geometry import invert_affine
 from avinpaint.spec import CROP_SIZE
-from stream.align import align_covered_face, align_face
+from stream.align import (
+    PLACEMENT_FEATURES,
+    CoveredPlacement,
+    align_covered_face,
+    align_face,
+    crop_at,
+)
 from stream.composite import FEATHER_PX, changed_region, feather, inpaint_hole
 from stream.inpaint import OpenCVInpainter
 from stream.media import VideoReader
@@ -227,3 +233,47 @@ def test_plan_frame_aligns_a_face_the_region_model_found_covered_as_a_covered_fa
     assert other is work.faces[1]
     # A region model that does not say which faces are covered leaves every crop as it is.
     assert plan_frame(work, _TwoFaces(mask)).work is work
+
+
+class _Placing(_TwoFaces):
+    """``_TwoFaces`` that places its covered face: the crop zoomed out by 10% about its
+    centre, and a second pass that returns ``second``."""
+
+    def __init__(self, mask: np.ndarray, second: Occlusion) -> None:
+        super().__init__(mask)
+        self.second = second
+        self.placed: list[tuple[list[AlignedFace], list[int]]] = []
+
+    def placement(self) -> CoveredPlacement:
+        coefficients = np.zeros((PLACEMENT_FEATURES, 4))
+        coefficients[0, 0] = np.log(1.1)  # the well-placed crop is 10% larger than this one
+        return CoveredPlacement(coefficients)
+
+    def predict_placed(self, faces: list[AlignedFace], track_ids: Sequence[int]) -> list[Occlusion]:
+        self.placed.append((faces, list(track_ids)))
+        return [self.second for _ in faces]
+
+
+def test_plan_frame_crops_a_covered_face_again_where_its_mask_places_it() -> None:
+    image = np.random.default_rng(6).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    first = np.array([[1.4, 0.3, -40.0], [-0.3, 1.4, -20.0]])
+    second = np.array([[1.8, 0.0, -440.0], [0.0, 1.8, -250.0]])
+    work = FrameFaces(
+        frame=VideoFrame(index=0, pts=0, time_base=Fraction(1, 25), image=image),
+        faces=(_face(image, first, 3), _face(image, second, 4)),
+    )
+    again = Occlusion(box_mask((50, 100, 150, 120)), 0.2, context_px=2)
+    model = _Placing(box_mask((40, 120, 170, 110)), again)
+    plan = plan_frame(work, model)
+    # Only the covered face went through the second pass, in a crop zoomed out by 10%.
+    ((faces, ids),) = model.placed
+    assert ids == [3]
+    placed = plan.work.faces[0].aligned
+    assert faces[0] is placed
+    np.testing.assert_allclose(
+        np.linalg.det(placed.affine[:, :2]), np.linalg.det(first[:, :2]) / 1.21
+    )
+    expected = crop_at(image, model.placement().place(first, model.mask))
+    np.testing.assert_array_equal(placed.crop, expected.crop)
+    assert plan.occlusions[0] is again and plan.covered == (0,)
+    assert plan.work.faces[1] is work.faces[1]

@@ -31,6 +31,7 @@ only. Choose on training-split clips; ``eval_only`` clips are for reporting.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import json
@@ -54,7 +55,7 @@ from bench.restore_video import make_masked_clip, to_frame
 from stream.align import CoveredLandmarks, crop_at
 from stream.mask_detect import MaskDetectOptions, MaskDetector
 from stream.media import VideoReader
-from stream.restore import FaceAnalyser, realigned_covered
+from stream.restore import FaceAnalyser, place_covered_faces, realigned_covered
 from stream.types import AlignedFace
 
 KINDS = ("surgical", "hand", "kn95", "n95", "cloth")
@@ -145,7 +146,8 @@ def analyse_clip(
 def crop_like(clip: dict[str, Any], video: Path) -> dict[str, Any]:
     """``clip`` (a cached analysis) with its crops taken from ``video`` instead, frame by frame
     under the same affines: the painted frames where the clean clip's faces were aligned (and
-    no covered-face crops: every face stays where the clean clip put it)."""
+    no covered-face crops or second placement: every face stays where the clean clip put
+    it)."""
     inverses = clip["inverse"]
     crops = np.empty_like(clip["crops"])
     with VideoReader(video, threads=1) as reader:
@@ -155,7 +157,8 @@ def crop_like(clip: dict[str, Any], video: Path) -> dict[str, Any]:
             for row in np.flatnonzero(clip["frame"] == index):
                 affine = cv2.invertAffineTransform(inverses[row])
                 crops[row] = crop_at(frame.image, np.asarray(affine, np.float64)).crop
-    kept = {k: v for k, v in clip.items() if k not in ("crops_covered", "inverse_covered")}
+    dropped = ("crops_covered", "inverse_covered", "video")
+    kept = {k: v for k, v in clip.items() if k not in dropped}
     return {**kept, "crops": crops}
 
 
@@ -163,26 +166,41 @@ def run_detector(
     clip: dict[str, Any], options: MaskDetectOptions
 ) -> tuple[list[npt.NDArray[Any]], npt.NDArray[np.float64]]:
     """The detector's mask (crop space) of every face of a cached clip, in order, and the
-    inverse affine of the crop each was found in: as ``plan_frame`` does, a face whose track
-    the detector found covered on the previous frame (``MaskDetector.covered_tracks``) is
-    segmented in its covered-face crop (``crops_covered``) where the clip has them."""
+    inverse affine of the crop each was found in, as ``plan_frame`` runs the detector: a
+    face whose track it found covered on the previous frame (``covered_tracks``) is
+    segmented in its covered-face crop (``crops_covered``) where the clip has them, and,
+    where the clip names its ``video``, a face found covered is cropped again where its mask
+    says the face lies and segmented again (``stream.restore.place_covered_faces``)."""
     detector = MaskDetector(options)
     masks: list[npt.NDArray[Any]] = []
     inverses = np.array(clip["inverse"], np.float64, copy=True)
     frame_ids = clip["frame"]
     has_covered = "crops_covered" in clip
-    for index in range(int(clip["frames"])):
-        rows = np.flatnonzero(frame_ids == index)
-        realign = detector.covered_tracks() if has_covered else frozenset()
-        faces = []
-        for r in rows:
-            if int(clip["track"][r]) in realign:
-                inverses[r] = clip["inverse_covered"][r]
-                faces.append(AlignedFace(clip["crops_covered"][r], np.zeros((2, 3)), inverses[r]))
-            else:
-                faces.append(AlignedFace(clip["crops"][r], np.zeros((2, 3)), inverses[r]))
-        occlusions = detector.predict(faces, [int(clip["track"][r]) for r in rows])
-        masks.extend(o.mask_256 for o in occlusions)
+    placing = detector.placement() is not None and "video" in clip
+    with contextlib.ExitStack() as stack:
+        frames = None
+        if placing:
+            frames = iter(stack.enter_context(VideoReader(Path(clip["video"]), threads=1)))
+        for index in range(int(clip["frames"])):
+            image = next(frames).image if frames is not None else None
+            rows = np.flatnonzero(frame_ids == index)
+            realign = detector.covered_tracks() if has_covered else frozenset()
+            faces = []
+            for r in rows:
+                if int(clip["track"][r]) in realign:
+                    inverses[r] = clip["inverse_covered"][r]
+                    crop = clip["crops_covered"][r]
+                else:
+                    crop = clip["crops"][r]
+                affine = np.asarray(cv2.invertAffineTransform(inverses[r]), np.float64)
+                faces.append(AlignedFace(crop, affine, inverses[r]))
+            ids = [int(clip["track"][r]) for r in rows]
+            occlusions = detector.predict(faces, ids)
+            if image is not None:
+                faces, occlusions = place_covered_faces(image, faces, occlusions, ids, detector)
+                for r, face in zip(rows, faces, strict=True):
+                    inverses[r] = np.asarray(face.inverse_affine, np.float64)
+            masks.extend(o.mask_256 for o in occlusions)
     return masks, inverses
 
 
@@ -255,13 +273,19 @@ def prepare(
             clean_path = resized_copy(source, cache / f"{tag}.mp4", side, frames)
             item: dict[str, Any] = {
                 "name": f"{source.parent.name}/{source.name} @{side or 'native'}",
-                "clean": analyse_clip(clean_path, frames, cache / f"{tag}.clean.npz"),
+                "clean": {
+                    **analyse_clip(clean_path, frames, cache / f"{tag}.clean.npz"),
+                    "video": str(clean_path),
+                },
             }
             if paint:
                 kind, masked_file, truth_file = paint_run(clean_path, number, tag, frames, cache)
                 item["kind"] = kind
                 item["truth"] = np.load(truth_file)
-                item["painted"] = analyse_clip(masked_file, frames, cache / f"{tag}.{kind}.npz")
+                item["painted"] = {
+                    **analyse_clip(masked_file, frames, cache / f"{tag}.{kind}.npz"),
+                    "video": str(masked_file),
+                }
                 if clean_alignment:
                     item["painted_clean_alignment"] = crop_like(item["clean"], masked_file)
             items.append(item)

@@ -364,14 +364,14 @@ def plan_frame(
     """Which faces of ``work`` are covered, and which of those to regenerate (the others
     reuse their track's crop). Records the decisions in ``reuse``'s decision half.
 
-    A region model that says which tracks it found covered (``CoveredTracks``, e.g.
-    ``--mask-detect``) gets those faces aligned as covered faces (``realign_covered``): the
-    decision of the track's previous frame picks the crop, so a face is segmented once per
-    frame and an uncovered face keeps today's alignment; the plan's ``work`` holds the crops
-    used, which the inpainter and the composite then use too. A region model that places
-    covered faces (``PlacesCovered``, ``--mask-detect`` by default) gets each face it found
-    covered cropped again where the occluder mask says the face lies and segmented again
-    there, in the same frame (``place_covered``)."""
+    A region model that places covered faces (``PlacesCovered``, ``--mask-detect`` by
+    default) gets each face it found covered cropped again where the occluder mask says the
+    face lies and segmented again there, in the same frame (``place_covered``). One that says
+    which tracks it found covered (``CoveredTracks``: a ``MaskDetector`` with
+    ``realign_covered``, off by default) gets those faces aligned from corrected landmarks
+    (``realign_covered``), the track's previous decision picking the crop. Uncovered faces
+    keep their alignment; the plan's ``work`` holds the crops used, which the inpainter and
+    the composite then use too."""
     if isinstance(occlusion, CoveredTracks):
         work = realign_covered(work, occlusion.covered_tracks())
     if reuse is not None:

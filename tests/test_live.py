@@ -15,6 +15,7 @@ from pathlib import Path
 
 import av
 import av.error
+import cv2
 import numpy as np
 import pytest
 
@@ -496,9 +497,12 @@ def test_recording_of_several_faces_restores_only_the_masked_one_and_says_so(
         restored_frames += bool(done)
         mask = restored_mask(r, header.shape)
         if done:
-            # On the masked (near) person, never on the other one's face.
-            x, y, w, h = (int(v) for v in done[0].box)
-            assert mask[max(0, y) : y + h, max(0, x) : x + w].sum() >= 0.8 * mask.sum()
+            # On the masked (near) person's occluder, so never on the other one's face. (Not
+            # "inside the detector's box": on a masked face YuNet's box stops short of the
+            # chin, and the mask's lower part lies below it.)
+            painted = multi_clip.occluder_masks[r.index, 0].astype(np.uint8)
+            near = cv2.dilate(painted, np.ones((9, 9), np.uint8)).astype(bool)
+            assert mask[near].sum() >= 0.9 * mask.sum()
     assert len(seen_tracks) == 2 and len(restored_tracks) == 1
     # Frames that would miss the budget go out unrestored (by design; many on loaded cores).
     assert restored_frames >= 10, (restored_frames, recorded)

@@ -52,10 +52,10 @@ import numpy.typing as npt
 
 from bench.quality import occluder_shapes
 from bench.restore_video import make_masked_clip, to_frame
-from stream.align import CoveredLandmarks, crop_at
+from stream.align import crop_at
 from stream.mask_detect import MaskDetectOptions, MaskDetector
 from stream.media import VideoReader
-from stream.restore import FaceAnalyser, place_covered_faces, realigned_covered
+from stream.restore import FaceAnalyser, place_covered_faces
 from stream.types import AlignedFace
 
 KINDS = ("surgical", "hand", "kn95", "n95", "cloth")
@@ -92,22 +92,15 @@ def resized_copy(source: Path, output: Path, side: int, frames: int) -> Path:
     return output
 
 
-def analyse_clip(
-    path: Path, frames: int, cache: Path | None, covered: CoveredLandmarks | None = None
-) -> dict[str, Any]:
+def analyse_clip(path: Path, frames: int, cache: Path) -> dict[str, Any]:
     """Aligned crops, inverse affines and track ids of every face of the first ``frames``
-    frames, and each face's crop and inverse affine as aligned were it covered
-    (``crops_covered``, ``inverse_covered``: ``stream.align.align_covered_face`` with
-    ``covered``, the shipped correction by default); cached in ``cache`` where given (an
-    older cache without the covered crops is made again)."""
-    if cache is not None and cache.is_file():
+    frames (cached in ``cache``)."""
+    if cache.is_file():
         with np.load(cache) as data:
-            if "crops_covered" in data.files:
-                return {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files}
     analyser = FaceAnalyser()
     crops: list[npt.NDArray[np.uint8]] = []
     inverses: list[npt.NDArray[np.float64]] = []
-    realigned: list[AlignedFace] = []
     tracks: list[int] = []
     frame_of: list[int] = []
     shape = (0, 0)
@@ -120,34 +113,24 @@ def analyse_clip(
             for face, track in zip(work.faces, work.track_ids, strict=True):
                 crops.append(face.aligned.crop)
                 inverses.append(np.asarray(face.aligned.inverse_affine, np.float64))
-                realigned.append(realigned_covered(face, frame.image, covered).aligned)
                 tracks.append(int(track))
                 frame_of.append(index)
-    empty_crops = np.zeros((0, 256, 256, 3), np.uint8)
     out: dict[str, Any] = {
-        "crops": np.stack(crops) if crops else empty_crops,
+        "crops": np.stack(crops) if crops else np.zeros((0, 256, 256, 3), np.uint8),
         "inverse": np.stack(inverses) if inverses else np.zeros((0, 2, 3)),
-        "crops_covered": np.stack([f.crop for f in realigned]) if realigned else empty_crops,
-        "inverse_covered": (
-            np.stack([np.asarray(f.inverse_affine, np.float64) for f in realigned])
-            if realigned
-            else np.zeros((0, 2, 3))
-        ),
         "track": np.asarray(tracks, np.int64),
         "frame": np.asarray(frame_of, np.int64),
         "shape": np.asarray(shape, np.int64),
         "frames": np.asarray(min(frames, index + 1) if frames else 0, np.int64),
     }
-    if cache is not None:
-        np.savez(cache, **out)
+    np.savez(cache, **out)
     return out
 
 
 def crop_like(clip: dict[str, Any], video: Path) -> dict[str, Any]:
     """``clip`` (a cached analysis) with its crops taken from ``video`` instead, frame by frame
     under the same affines: the painted frames where the clean clip's faces were aligned (and
-    no covered-face crops or second placement: every face stays where the clean clip put
-    it)."""
+    no second placement: every face stays where the clean clip put it)."""
     inverses = clip["inverse"]
     crops = np.empty_like(clip["crops"])
     with VideoReader(video, threads=1) as reader:
@@ -157,8 +140,7 @@ def crop_like(clip: dict[str, Any], video: Path) -> dict[str, Any]:
             for row in np.flatnonzero(clip["frame"] == index):
                 affine = cv2.invertAffineTransform(inverses[row])
                 crops[row] = crop_at(frame.image, np.asarray(affine, np.float64)).crop
-    dropped = ("crops_covered", "inverse_covered", "video")
-    kept = {k: v for k, v in clip.items() if k not in dropped}
+    kept = {k: v for k, v in clip.items() if k != "video"}
     return {**kept, "crops": crops}
 
 
@@ -166,16 +148,13 @@ def run_detector(
     clip: dict[str, Any], options: MaskDetectOptions
 ) -> tuple[list[npt.NDArray[Any]], npt.NDArray[np.float64]]:
     """The detector's mask (crop space) of every face of a cached clip, in order, and the
-    inverse affine of the crop each was found in, as ``plan_frame`` runs the detector: a
-    face whose track it found covered on the previous frame (``covered_tracks``) is
-    segmented in its covered-face crop (``crops_covered``) where the clip has them, and,
-    where the clip names its ``video``, a face found covered is cropped again where its mask
-    says the face lies and segmented again (``stream.restore.place_covered_faces``)."""
+    inverse affine of the crop each was found in, as ``plan_frame`` runs the detector: where
+    the clip names its ``video``, a face found covered is cropped again where its mask says
+    the face lies and segmented again (``stream.restore.place_covered_faces``)."""
     detector = MaskDetector(options)
     masks: list[npt.NDArray[Any]] = []
     inverses = np.array(clip["inverse"], np.float64, copy=True)
     frame_ids = clip["frame"]
-    has_covered = "crops_covered" in clip
     placing = detector.placement() is not None and "video" in clip
     with contextlib.ExitStack() as stack:
         frames = None
@@ -184,16 +163,10 @@ def run_detector(
         for index in range(int(clip["frames"])):
             image = next(frames).image if frames is not None else None
             rows = np.flatnonzero(frame_ids == index)
-            realign = detector.covered_tracks() if has_covered else frozenset()
             faces = []
             for r in rows:
-                if int(clip["track"][r]) in realign:
-                    inverses[r] = clip["inverse_covered"][r]
-                    crop = clip["crops_covered"][r]
-                else:
-                    crop = clip["crops"][r]
                 affine = np.asarray(cv2.invertAffineTransform(inverses[r]), np.float64)
-                faces.append(AlignedFace(crop, affine, inverses[r]))
+                faces.append(AlignedFace(clip["crops"][r], affine, inverses[r]))
             ids = [int(clip["track"][r]) for r in rows]
             occlusions = detector.predict(faces, ids)
             if image is not None:

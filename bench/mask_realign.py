@@ -1,21 +1,23 @@
-"""A lead, not a product path: re-place a covered face's crop from the segmenter's own mask.
+"""Fit and score the covered-face placement (``stream.align.CoveredPlacement``): re-place a
+covered face's crop from the segmenter's own mask.
 
 On a painted face YuNet's landmarks leave the crop zoomed in and high in a way that differs
-from clip to clip (``bench.covered_landmarks``: a correction from the landmarks, box and
-score removes little of it). The occluder mask the segmenter finds in that crop shows where
+from clip to clip (a correction from the landmarks, box and score removes little of it:
+docs/MODEL_CARD_occlusion.md). The occluder mask the segmenter finds in that crop shows where
 the crop sits: a mask running off the crop's lower edge, or filling too much of it, says
 the crop is too tight. For every painted training-split run in a ``bench.false_flags``
 cache (its ``crops``/``inverse`` and the clean clip's), this runs ``MaskDetector`` (v3,
-default options, no covered-face alignment) on the painted crops, describes each mask by
+default options, no placement) on the painted crops, describes each mask by
 its coverage profile (``mask_features``), and fits a ridge regression from it to the
 similarity between the clean clip's crop and the painted crop (``crop_offset``),
-leave-identity-out (5 folds of identities, as ``bench.covered_landmarks``). Then, per fold,
+leave-identity-out (5 folds of identities, ``identity_folds``). Then, per fold,
 the held-out runs are cropped again where the prediction puts the clean crop (two passes
 in the same frame) and segmented again; the restored region's precision, recall and IoU
 before and after are printed as JSON. ``--report CACHE`` also applies the ridge fitted on
 every training run to another cache's runs (``eval_only``: reported, never fitted on).
 
-    python -m bench.mask_realign --cache /tmp/ff [--ridge 10] [--report /tmp/ff_eval]
+    python -m bench.mask_realign --cache /tmp/ff [--ridge 10] [--report /tmp/ff_eval] \\
+        [-o stream/covered_placement.json]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import os
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,6 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from bench.covered_landmarks import compact_json, fit_ridge, identity_folds
 from bench.false_flags import run_detector, score_painted
 from stream.align import crop_at, mask_features, offset_matrix
 from stream.mask_detect import MaskDetectOptions
@@ -45,6 +47,35 @@ FloatArray = npt.NDArray[np.float64]
 MAX_CHIN_SHIFT_PX = 60.0
 """Pairs whose clean chin lands further than this from the template's are left out of the
 fit (a face the tracker lost or swapped, not an aligner's error)."""
+
+
+def fit_ridge(features: FloatArray, targets: FloatArray, ridge: float) -> FloatArray:
+    """Least squares with an L2 penalty ``ridge`` on every coefficient but the constant's."""
+    penalty = ridge * np.eye(features.shape[1])
+    penalty[0, 0] = 0.0
+    return np.asarray(
+        np.linalg.solve(features.T @ features + penalty, features.T @ targets), np.float64
+    )
+
+
+def identity_folds(identities: Sequence[str], folds: int, seed: int = 0) -> npt.NDArray[np.int64]:
+    """A fold number per item: identities shuffled into ``folds`` groups."""
+    names = sorted(set(identities))
+    order = np.random.default_rng(seed).permutation(len(names))
+    fold_of = {name: int(order[i]) % folds for i, name in enumerate(names)}
+    return np.array([fold_of[name] for name in identities], np.int64)
+
+
+def compact_json(data: dict[str, Any]) -> str:
+    """``data`` as JSON, one top-level key (and one row of a list of lists) per line."""
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, list) and value and isinstance(value[0], list):
+            rows = ",\n".join(f"  {json.dumps(row)}" for row in value)
+            lines.append(f" {json.dumps(key)}: [\n{rows}\n ]")
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def _full(affine: npt.ArrayLike) -> FloatArray:
@@ -72,14 +103,14 @@ def load_runs(cache: Path) -> list[dict[str, Any]]:
     """Every painted run of a ``bench.false_flags`` cache, with its masks (today's crops),
     their features, and the offsets to the clean crops of the same frames (nan where the
     clean clip has no face)."""
-    options = MaskDetectOptions(realign_covered=False, place_covered=False)
+    options = MaskDetectOptions(place_covered=False)
     runs = []
     for path in sorted(cache.glob("*.npz")):
         if path.name.endswith(".clean.npz"):
             continue
         tag, kind = path.name.split(".")[:2]
         with np.load(path) as data:
-            painted = {k: data[k] for k in data.files if not k.endswith("_covered")}
+            painted = {k: data[k] for k in data.files}
         with np.load(cache / f"{tag}.clean.npz") as data:
             clean = {k: data[k] for k in ("inverse", "frame")}
         masks, _ = run_detector(painted, options)
@@ -130,7 +161,7 @@ def second_pass(run: dict[str, Any], coefficients: FloatArray) -> dict[str, floa
                 affine = np.asarray(cv2.invertAffineTransform(inverses[face]), np.float64)
                 crops[face] = crop_at(frame.image, affine).crop
     clip = {**painted, "crops": crops, "inverse": inverses}
-    masks, _ = run_detector(clip, MaskDetectOptions(realign_covered=False, place_covered=False))
+    masks, _ = run_detector(clip, MaskDetectOptions(place_covered=False))
     return score_painted(clip, masks, run["truth"], inverses)
 
 

@@ -1,8 +1,8 @@
 """5-point similarity alignment to the 256 crop template, and its exact inverse.
 
 The transform maths lives in ``avinpaint.geometry`` (shared with the identity network). A
-face the region model found covered is aligned from corrected landmarks
-(``CoveredLandmarks``, ``align_covered_face``): the detector misplaces an occluded face's."""
+face the region model found covered is cropped again where its occluder mask says the face
+lies (``CoveredPlacement``): the detector misplaces an occluded face's landmarks."""
 
 from __future__ import annotations
 
@@ -57,94 +57,6 @@ def crop_at(image: Image, affine: FloatArray) -> AlignedFace:
         dtype=np.uint8,
     )
     return AlignedFace(crop=crop, affine=affine, inverse_affine=invert_affine(affine))
-
-
-# --- covered faces ------------------------------------------------------------------------
-
-COVERED_LANDMARKS_FILE = Path(__file__).with_name("covered_landmarks.json")
-"""Coefficients of ``CoveredLandmarks`` (fitted by ``bench.covered_landmarks``)."""
-
-COVERED_FEATURES = 16
-"""Length of ``covered_features``: 1, nose tip and mouth corners (6), box corners (8), score."""
-
-
-def eye_frame(landmarks5: FloatArray) -> tuple[FloatArray, float, FloatArray]:
-    """The eye-normalised frame of a face: origin at the eyes' midpoint, unit one eye
-    distance, and the rotation whose rows are the directions along and across the eye line
-    (so a point's coordinates are ``rotation @ (p - origin) / unit``)."""
-    points = np.asarray(landmarks5, dtype=np.float64)
-    origin = (points[0] + points[1]) / 2.0
-    along = points[1] - points[0]
-    unit = float(np.linalg.norm(along))
-    if unit <= 0:
-        raise ValueError("the two eyes coincide")
-    rotation = np.array([[along[0], along[1]], [-along[1], along[0]]]) / unit
-    return origin, unit, rotation
-
-
-def covered_features(
-    landmarks5: FloatArray, box: tuple[float, float, float, float], score: float
-) -> FloatArray:
-    """What the correction of a covered face's landmarks sees (``COVERED_FEATURES`` values):
-    a constant, the nose tip and mouth corners and the box's four corners in the
-    eye-normalised frame (``eye_frame``), and the detector's score."""
-    origin, unit, rotation = eye_frame(landmarks5)
-    x, y, w, h = box
-    corners = np.array([[x, y], [x + w, y], [x, y + h], [x + w, y + h]], dtype=np.float64)
-    inner = (np.asarray(landmarks5, np.float64)[2:] - origin) @ rotation.T / unit
-    outer = (corners - origin) @ rotation.T / unit
-    return np.concatenate([[1.0], inner.ravel(), outer.ravel(), [float(score)]])
-
-
-@dataclass(frozen=True)
-class CoveredLandmarks:
-    """Where the 5 landmarks of a covered face (a face mask, a hand) really are, from what
-    the detector gives: under an occluder YuNet guesses the hidden nose tip and mouth
-    corners too high and moves the eyes up too, so the crop zooms in and moves up and the
-    occluder's lower part falls below it. A linear map of ``covered_features`` gives each
-    landmark's displacement in the eye-normalised frame; ``coefficients`` is
-    (``COVERED_FEATURES``, 10)."""
-
-    coefficients: FloatArray
-
-    def __post_init__(self) -> None:
-        if np.shape(self.coefficients) != (COVERED_FEATURES, 10):
-            raise ValueError(
-                f"coefficients must be ({COVERED_FEATURES}, 10), got {np.shape(self.coefficients)}"
-            )
-
-    def correct(
-        self, landmarks5: FloatArray, box: tuple[float, float, float, float], score: float
-    ) -> FloatArray:
-        """The corrected (5, 2) landmarks, in frame pixels (unchanged when the eyes
-        coincide)."""
-        points = np.asarray(landmarks5, dtype=np.float64)
-        try:
-            _origin, unit, rotation = eye_frame(points)
-        except ValueError:
-            return points.copy()
-        shift = (covered_features(points, box, score) @ self.coefficients).reshape(5, 2)
-        return np.asarray(points + unit * shift @ rotation, np.float64)
-
-
-@lru_cache(maxsize=1)
-def shipped_covered_landmarks() -> CoveredLandmarks:
-    """The shipped correction (``COVERED_LANDMARKS_FILE``)."""
-    data = json.loads(COVERED_LANDMARKS_FILE.read_text())
-    return CoveredLandmarks(np.asarray(data["coefficients"], dtype=np.float64))
-
-
-def align_covered_face(
-    image: Image,
-    landmarks5: FloatArray,
-    box: tuple[float, float, float, float],
-    score: float,
-    model: CoveredLandmarks | None = None,
-) -> AlignedFace:
-    """``align_face`` for a face known to be covered: from the landmarks ``model`` (the
-    shipped one by default) corrects."""
-    model = model if model is not None else shipped_covered_landmarks()
-    return align_face(image, model.correct(landmarks5, box, score))
 
 
 # --- covered faces, placed from their occluder mask -----------------------------------------

@@ -93,12 +93,9 @@ class MaskDetectOptions:
     where its occluder mask says the face lies and segmented again in that crop, in the same
     frame (``placement``, ``predict_placed``, ``stream.align.CoveredPlacement``: under an
     occluder the detector's landmarks zoom the crop in and move it up, and the occluder's
-    lower part falls outside it; see ``bench.mask_realign``). ``realign_covered`` (off): a
-    face decided covered is aligned from landmarks corrected for the occluder from its next
-    frame on instead (``covered_tracks``, ``stream.align.CoveredLandmarks``, gaining less;
-    see ``bench.covered_landmarks``). ``backend``: onnxruntime (default) or torch.
-        ``weights``: a .onnx (onnxruntime) or .safetensors (torch) file instead of the
-        shipped one. ``threads``: intra-op threads of the backend."""
+    lower part falls outside it; see ``bench.mask_realign``). ``backend``: onnxruntime
+    (default) or torch. ``weights``: a .onnx (onnxruntime) or .safetensors (torch) file
+    instead of the shipped one. ``threads``: intra-op threads of the backend."""
 
     pixel_threshold: float = 0.5
     covered_fraction: float = 0.04
@@ -110,7 +107,6 @@ class MaskDetectOptions:
     refresh_every: int = 3
     change_levels: float = 3.0
     place_covered: bool = True
-    realign_covered: bool = False
     backend: Backend = "onnxruntime"
     weights: Path | None = None
     threads: int = 1
@@ -293,7 +289,7 @@ class MaskDetector:
         (``placement``), segmented with their own smoothing, hysteresis and cadence; a track
         not placed on the previous call starts afresh."""
         if self._placed is None:
-            options = dataclasses.replace(self.options, place_covered=False, realign_covered=False)
+            options = dataclasses.replace(self.options, place_covered=False)
             self._placed = MaskDetector(options, self._predict)
         for track_id in track_ids:
             if self._placed_at.get(track_id) != self._calls - 1:
@@ -304,17 +300,6 @@ class MaskDetector:
     def forget(self, track_id: int) -> None:
         """Drop one track's state."""
         self._tracks.pop(track_id, None)
-
-    def covered_tracks(self) -> frozenset[int]:
-        """Tracks decided covered on the latest call (``CoveredTracks``; none without
-        ``realign_covered``)."""
-        if not self.options.realign_covered:
-            return frozenset()
-        return frozenset(
-            track_id
-            for track_id, state in self._tracks.items()
-            if state.last_seen == self._calls and state.coverage.covered
-        )
 
     def analyse_still(self, crops: npt.NDArray[np.uint8]) -> list[FaceCoverage]:
         """Decisions for unrelated photos: no smoothing, no hysteresis, no state kept."""

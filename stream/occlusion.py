@@ -28,16 +28,6 @@ class OcclusionModel(Protocol):
 
 
 @runtime_checkable
-class CoveredTracks(Protocol):
-    """A region model that says which tracks it found covered on its latest call; their
-    faces are then aligned as covered faces (``stream.restore.realign_covered``)."""
-
-    def covered_tracks(self) -> frozenset[int]:
-        """Track ids decided covered on the latest ``predict`` (empty: align none)."""
-        ...
-
-
-@runtime_checkable
 class PlacesCovered(Protocol):
     """A region model that crops its covered faces again where their occluder mask says the
     face lies, and segments them again there (``stream.restore.place_covered``)."""

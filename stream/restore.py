@@ -11,34 +11,22 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from stream.align import CoveredLandmarks, align_covered_face, align_face, crop_at
+from stream.align import align_face, crop_at
 from stream.composite import FrameRegion, composite_region, feather, inpaint_hole
 from stream.detect import DetectorOptions, FaceDetector
 from stream.inpaint import Inpainter
-from stream.occlusion import CoveredTracks, OcclusionModel, PlacesCovered
+from stream.occlusion import OcclusionModel, PlacesCovered
 from stream.track import FaceTracker, TrackerOptions
-from stream.types import (
-    AlignedFace,
-    FloatArray,
-    Image,
-    InpaintResult,
-    Mask,
-    Occlusion,
-    VideoFrame,
-)
+from stream.types import AlignedFace, Image, InpaintResult, Mask, Occlusion, VideoFrame
 
 
 @dataclass(frozen=True, eq=False)
 class TrackedFace:
-    """One face of a frame, aligned to the crop template; ``landmarks5`` (what it was
-    aligned from) and ``score`` (the detector's) let ``realigned_covered`` align it again
-    should it be covered (None: it cannot be)."""
+    """One face of a frame, aligned to the crop template."""
 
     track_id: int
     box: tuple[float, float, float, float]
     aligned: AlignedFace
-    landmarks5: FloatArray | None = None
-    score: float = 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,34 +106,10 @@ class FaceAnalyser:
                 track_id=t.track_id,
                 box=t.detection.box,
                 aligned=align_face(frame.image, t.smoothed_landmarks),
-                landmarks5=t.smoothed_landmarks,
-                score=t.detection.score,
             )
             for t in tracks
         )
         return FrameFaces(frame=frame, faces=faces)
-
-
-def realigned_covered(
-    face: TrackedFace, image: Image, model: CoveredLandmarks | None = None
-) -> TrackedFace:
-    """``face`` aligned as a covered face (``stream.align.align_covered_face``: landmarks
-    corrected for what the occluder hides, by ``model`` or the shipped correction), or
-    ``face`` itself when it has no landmarks."""
-    if face.landmarks5 is None:
-        return face
-    aligned = align_covered_face(image, face.landmarks5, face.box, face.score, model)
-    return dataclasses.replace(face, aligned=aligned)
-
-
-def realign_covered(work: FrameFaces, tracks: frozenset[int]) -> FrameFaces:
-    """``work`` with the faces of ``tracks`` aligned as covered faces (``realigned_covered``)."""
-    if not tracks or not any(f.track_id in tracks for f in work.faces):
-        return work
-    faces = tuple(
-        realigned_covered(f, work.frame.image) if f.track_id in tracks else f for f in work.faces
-    )
-    return FrameFaces(frame=work.frame, faces=faces)
 
 
 def place_covered_faces(
@@ -366,14 +330,9 @@ def plan_frame(
 
     A region model that places covered faces (``PlacesCovered``, ``--mask-detect`` by
     default) gets each face it found covered cropped again where the occluder mask says the
-    face lies and segmented again there, in the same frame (``place_covered``). One that says
-    which tracks it found covered (``CoveredTracks``: a ``MaskDetector`` with
-    ``realign_covered``, off by default) gets those faces aligned from corrected landmarks
-    (``realign_covered``), the track's previous decision picking the crop. Uncovered faces
-    keep their alignment; the plan's ``work`` holds the crops used, which the inpainter and
+    face lies and segmented again there, in the same frame (``place_covered``). Uncovered
+    faces keep their alignment; the plan's ``work`` holds the crops used, which the inpainter and
     the composite then use too."""
-    if isinstance(occlusion, CoveredTracks):
-        work = realign_covered(work, occlusion.covered_tracks())
     if reuse is not None:
         reuse.forget_references({f.track_id for f in work.faces})
     if not work.faces:

@@ -8,15 +8,12 @@ from skimage.transform import SimilarityTransform
 from avinpaint.geometry import apply_affine, invert_affine, similarity_transform
 from avinpaint.spec import CROP_SIZE, CROP_TEMPLATE_256
 from stream.align import (
-    COVERED_FEATURES,
     PLACEMENT_FEATURES,
-    CoveredLandmarks,
     CoveredPlacement,
     align_face,
     landmark_weights,
     mask_features,
     offset_matrix,
-    shipped_covered_landmarks,
     shipped_covered_placement,
 )
 from stream.composite import composite
@@ -123,67 +120,6 @@ def test_aligns_the_astronaut_onto_the_template_and_back() -> None:
     x, y, w, h = (int(v) for v in faces[0].box)
     diff = np.abs(back[y : y + h, x : x + w].astype(int) - image[y : y + h, x : x + w])
     assert diff.mean() < 4.0
-
-
-_FACE = np.array([[100.0, 100.0], [140.0, 100.0], [120.0, 122.0], [104.0, 142.0], [136.0, 142.0]])
-
-
-def test_a_covered_face_correction_without_coefficients_changes_nothing() -> None:
-    model = CoveredLandmarks(np.zeros((COVERED_FEATURES, 10)))
-    np.testing.assert_allclose(model.correct(_FACE, (80.0, 70.0, 80.0, 95.0), 0.9), _FACE)
-
-
-def test_a_covered_face_correction_moves_landmarks_in_eye_units_with_the_face() -> None:
-    # A constant shift: the mouth corners half an eye distance down the face.
-    coefficients = np.zeros((COVERED_FEATURES, 10))
-    coefficients[0, [7, 9]] = 0.5
-    model = CoveredLandmarks(coefficients)
-    box = (80.0, 70.0, 80.0, 95.0)
-    corrected = model.correct(_FACE, box, 0.9)
-    np.testing.assert_allclose(corrected[3:], _FACE[3:] + np.array([0.0, 20.0]))
-    np.testing.assert_allclose(corrected[:3], _FACE[:3])
-    # The same face turned 30 degrees and doubled: the shift turns and grows with it.
-    angle = np.radians(30.0)
-    turn = 2.0 * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    np.testing.assert_allclose(model.correct(_FACE @ turn.T, box, 0.9), corrected @ turn.T)
-
-
-def test_covered_face_coefficients_must_have_the_feature_shape() -> None:
-    with pytest.raises(ValueError, match="coefficients"):
-        CoveredLandmarks(np.zeros((3, 10)))
-    assert shipped_covered_landmarks().coefficients.shape == (COVERED_FEATURES, 10)
-
-
-@pytest.mark.realdata
-def test_a_covered_face_is_placed_closer_to_where_the_clean_face_is(
-    shared_data: Path, tmp_path: Path
-) -> None:
-    """A training-split clip (the fit saw it: this checks that the shipped coefficients do
-    what they were fitted for) re-encoded at 160 px with a KN95 painted on: the crop from the
-    corrected landmarks lies nearer the clean clip's crop than the crop from YuNet's
-    (measured: the clean crop's chin row moves 17.3 px on average, 4.5 px corrected; on this
-    clip with the other four occluders 11-17 px and 2-6 px)."""
-    from bench.covered_landmarks import crop_error, track_faces
-    from bench.false_flags import paint_run, resized_copy
-
-    source = shared_data / "talking_heads/pcavs/Pose_Source/517600055.mp4"
-    if not source.is_file():
-        pytest.skip(f"{source} is not present")
-    clean = resized_copy(source, tmp_path / "clean.mp4", 160, 60)
-    kind, painted, _ = paint_run(clean, 2, "clip", 60, tmp_path)
-    assert kind == "kn95"
-    model = shipped_covered_landmarks()
-    today, corrected = [], []
-    for covered, bare in zip(track_faces(painted, 60), track_faces(clean, 60), strict=True):
-        if covered is None or bare is None:
-            continue
-        landmarks, box, score = covered
-        x, y, w, h = (float(v) for v in box)
-        today.append(abs(crop_error(landmarks, bare[0])[2]))
-        fixed = model.correct(landmarks, (x, y, w, h), score)
-        corrected.append(abs(crop_error(fixed, bare[0])[2]))
-    assert len(today) >= 50
-    assert np.mean(corrected) < 0.5 * np.mean(today)
 
 
 def test_a_placement_without_coefficients_keeps_the_crop() -> None:

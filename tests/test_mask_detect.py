@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import socket
 from collections.abc import Callable, Iterator
@@ -111,21 +110,6 @@ def test_covered_face_mask_is_dilated_on_request() -> None:
     assert coverage.mask_256[130:230, 60:196].all()
     assert coverage.mask_256[127, 128] == 1.0 and coverage.mask_256[126, 128] == 0.0
     assert coverage.mask_256[100, 128] == 0.0
-
-
-def test_covered_tracks_are_those_decided_covered_on_the_latest_call() -> None:
-    covered, bare = _box(130, 230), _box(150, 156, 120, 130)
-    options = MaskDetectOptions(refresh_every=1, smoothing=1.0, realign_covered=True)
-    detector = MaskDetector(options, _scripted([covered, bare, covered]))
-    assert detector.covered_tracks() == frozenset()
-    detector.analyse([_aligned(), _aligned(3.0)], [7, 8])
-    assert detector.covered_tracks() == frozenset({7})
-    # Track 7 is not in the next frame: it is not aligned as covered there.
-    detector.analyse([_aligned(3.0)], [8])
-    assert detector.covered_tracks() == frozenset({8})
-    off = MaskDetector(dataclasses.replace(options, realign_covered=False), _scripted([covered]))
-    off.analyse([_aligned()], [7])
-    assert off.covered_tracks() == frozenset()
 
 
 def test_placed_faces_are_segmented_with_their_own_state() -> None:

@@ -12,13 +12,7 @@ import pytest
 
 from avinpaint.geometry import invert_affine
 from avinpaint.spec import CROP_SIZE
-from stream.align import (
-    PLACEMENT_FEATURES,
-    CoveredPlacement,
-    align_covered_face,
-    align_face,
-    crop_at,
-)
+from stream.align import PLACEMENT_FEATURES, CoveredPlacement, crop_at
 from stream.composite import FEATHER_PX, changed_region, feather, inpaint_hole
 from stream.inpaint import OpenCVInpainter
 from stream.media import VideoReader
@@ -201,38 +195,6 @@ def test_the_three_stages_run_apart_equal_restore_frame(clip: ClipTruth) -> None
         assert np.array_equal(ours.frame.image, theirs.frame.image)
         assert ours.track_ids == theirs.track_ids
         assert [f.result.backend for f in ours.faces] == [f.result.backend for f in theirs.faces]
-
-
-class _CoveredTracks(_TwoFaces):
-    """``_TwoFaces`` that reports track 3 covered (as ``MaskDetector.covered_tracks``)."""
-
-    def covered_tracks(self) -> frozenset[int]:
-        return frozenset({3})
-
-
-def test_plan_frame_aligns_a_face_the_region_model_found_covered_as_a_covered_face() -> None:
-    image = np.random.default_rng(5).integers(0, 256, (360, 480, 3), dtype=np.uint8)
-    landmarks = np.array([[200.0, 150], [250, 150], [225, 178], [205, 203], [245, 203]])
-    box = (170.0, 105.0, 110.0, 130.0)
-
-    def tracked(track_id: int) -> TrackedFace:
-        aligned = align_face(image, landmarks)
-        return TrackedFace(track_id, box, aligned, landmarks5=landmarks, score=0.7)
-
-    work = FrameFaces(
-        frame=VideoFrame(index=0, pts=0, time_base=Fraction(1, 25), image=image),
-        faces=(tracked(3), tracked(4)),
-    )
-    mask = box_mask((40, 120, 170, 110))
-    plan = plan_frame(work, _CoveredTracks(mask))
-    covered, other = plan.work.faces
-    expected = align_covered_face(image, landmarks, box, 0.7)
-    np.testing.assert_allclose(covered.aligned.affine, expected.affine)
-    np.testing.assert_array_equal(covered.aligned.crop, expected.crop)
-    assert not np.allclose(covered.aligned.affine, work.faces[0].aligned.affine)
-    assert other is work.faces[1]
-    # A region model that does not say which faces are covered leaves every crop as it is.
-    assert plan_frame(work, _TwoFaces(mask)).work is work
 
 
 class _Placing(_TwoFaces):

@@ -37,10 +37,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from bench.false_flags import run_detector, score_painted
-from stream.align import crop_at, mask_features, offset_matrix
+from bench.false_flags import crop_like, run_detector, score_painted
+from stream.align import CoveredPlacement, mask_features, offset_matrix
 from stream.mask_detect import MaskDetectOptions
-from stream.media import VideoReader
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -143,26 +142,29 @@ def load_runs(cache: Path) -> list[dict[str, Any]]:
 
 
 def second_pass(run: dict[str, Any], coefficients: FloatArray) -> dict[str, float]:
-    """The run's covered faces cropped where ``coefficients`` put the clean crop, segmented
-    again; the restored region's scores."""
+    """The run's covered faces cropped where ``coefficients`` put the clean crop
+    (``CoveredPlacement.place``), segmented again; the restored region's scores."""
     painted = run["painted"]
+    placement = CoveredPlacement(coefficients)
     inverses = np.array(painted["inverse"], np.float64, copy=True)
     for row, mask in enumerate(run["masks"]):
         if mask.any():
-            moved = offset_matrix(run["features"][row] @ coefficients)
-            affine = np.linalg.inv(moved) @ np.linalg.inv(_full(painted["inverse"][row]))
-            inverses[row] = np.linalg.inv(affine)[:2]
-    crops = np.empty_like(painted["crops"])
-    with VideoReader(run["video"], threads=1) as reader:
-        for index, frame in enumerate(reader):
-            if index >= int(painted["frames"]):
-                break
-            for face in np.flatnonzero(painted["frame"] == index):
-                affine = np.asarray(cv2.invertAffineTransform(inverses[face]), np.float64)
-                crops[face] = crop_at(frame.image, affine).crop
-    clip = {**painted, "crops": crops, "inverse": inverses}
+            affine = np.asarray(cv2.invertAffineTransform(inverses[row]), np.float64)
+            inverses[row] = cv2.invertAffineTransform(placement.place(affine, mask))
+    clip = crop_like({**painted, "inverse": inverses}, run["video"])
     masks, _ = run_detector(clip, MaskDetectOptions(place_covered=False))
     return score_painted(clip, masks, run["truth"], inverses)
+
+
+def mean_scores(rows: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Mean precision, recall and IoU of the runs' scores before and after the placement."""
+    return {
+        when: {
+            k: round(statistics.fmean(r[when][k] for r in rows.values()), 4)
+            for k in ("precision", "recall", "iou")
+        }
+        for when in ("before", "after")
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,13 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    mean = {
-        when: {
-            k: round(statistics.fmean(r[when][k] for r in rows.values()), 4)
-            for k in ("precision", "recall", "iou")
-        }
-        for when in ("before", "after")
-    }
+    mean = mean_scores(rows)
     report: dict[str, Any] = {"mean": mean, "runs": rows}
     coefficients = fit_ridge(features[usable], offsets[usable], args.ridge)
     if args.output is not None:
@@ -231,16 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 "before": before,
                 "after": second_pass(run, coefficients),
             }
-        report["reported"] = {
-            "mean": {
-                when: {
-                    k: round(statistics.fmean(r[when][k] for r in reported.values()), 4)
-                    for k in ("precision", "recall", "iou")
-                }
-                for when in ("before", "after")
-            },
-            "runs": reported,
-        }
+        report["reported"] = {"mean": mean_scores(reported), "runs": reported}
     print(json.dumps(report, indent=1))
     return 0
 

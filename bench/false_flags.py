@@ -342,8 +342,10 @@ def _override(options: MaskDetectOptions, assignments: Sequence[str]) -> MaskDet
         kind = str(fields[key])
         if kind == "bool":
             changes[key] = value.lower() in ("1", "true", "yes")
-        else:
+        elif kind in ("int", "float"):
             changes[key] = int(value) if kind == "int" else float(value)
+        else:
+            changes[key] = value
     return dataclasses.replace(options, **changes)
 
 

@@ -1,15 +1,19 @@
 """5-point similarity alignment to the 256 crop template, and its exact inverse.
 
 The transform maths lives in ``avinpaint.geometry`` (shared with the identity network). A
-face the region model found covered is cropped again where its occluder mask says the face
-lies (``CoveredPlacement``): the detector misplaces an occluded face's landmarks."""
+face the region model found covered is cropped again where the face really lies: the
+detector misplaces an occluded face's landmarks. ``PlacementNetwork`` (shipped, the default)
+reads that from the crop itself; ``CoveredPlacement`` (the earlier way) from the occluder
+mask's coverage profile. Both are a ``Placement``."""
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -17,7 +21,8 @@ import numpy.typing as npt
 
 from avinpaint.geometry import invert_affine, similarity_transform
 from avinpaint.spec import ALIGN_MOUTH_WEIGHT, ALIGN_YAW_RAMP, CROP_SIZE, CROP_TEMPLATE_256
-from stream.types import AlignedFace, FloatArray, Image
+from stream.errors import AvstreamError
+from stream.types import AlignedFace, FloatArray, Image, Mask
 
 
 def align_face(image: Image, landmarks5: FloatArray) -> AlignedFace:
@@ -97,6 +102,15 @@ def offset_matrix(offset: npt.ArrayLike) -> FloatArray:
     return out
 
 
+class Placement(Protocol):
+    """Where a covered face's crop should lie."""
+
+    def place_faces(self, faces: list[AlignedFace], masks: list[Mask]) -> list[FloatArray]:
+        """The frame -> crop affine of the well-placed crop of each face (``masks``: the
+        occluder each was found to have, crop space), same order."""
+        ...
+
+
 @dataclass(frozen=True)
 class CoveredPlacement:
     """Where a covered face's crop should lie, read from the occluder mask the segmenter
@@ -117,10 +131,27 @@ class CoveredPlacement:
     def place(self, affine: FloatArray, mask: npt.ArrayLike) -> FloatArray:
         """The frame -> crop affine of the well-placed crop of a face cropped by ``affine``
         with ``mask`` found in that crop."""
-        moved = offset_matrix(mask_features(mask) @ self.coefficients)
-        full = np.eye(3)
-        full[:2] = np.asarray(affine, np.float64)
-        return np.asarray((np.linalg.inv(moved) @ full)[:2], np.float64)
+        return undo_offset(affine, mask_features(mask) @ self.coefficients)
+
+    def offsets(self, masks: list[Mask]) -> FloatArray:
+        """(N, 4) ``offset_matrix`` parameters, from the well-placed crop to the crop each
+        mask was found in."""
+        if not masks:
+            return np.zeros((0, 4), np.float64)
+        return np.stack([mask_features(m) @ self.coefficients for m in masks])
+
+    def place_faces(self, faces: list[AlignedFace], masks: list[Mask]) -> list[FloatArray]:
+        """``place`` for each face (``Placement``)."""
+        return [self.place(f.affine, m) for f, m in zip(faces, masks, strict=True)]
+
+
+def undo_offset(affine: FloatArray, offset: npt.ArrayLike) -> FloatArray:
+    """The frame -> crop affine of the crop that ``offset`` (``offset_matrix``'s parameters:
+    from the well-placed crop to this one) says is well placed, for a crop made by
+    ``affine``."""
+    full = np.eye(3)
+    full[:2] = np.asarray(affine, np.float64)
+    return np.asarray((np.linalg.inv(offset_matrix(offset)) @ full)[:2], np.float64)
 
 
 @lru_cache(maxsize=1)
@@ -128,3 +159,84 @@ def shipped_covered_placement() -> CoveredPlacement:
     """The shipped placement (``COVERED_PLACEMENT_FILE``)."""
     data = json.loads(COVERED_PLACEMENT_FILE.read_text())
     return CoveredPlacement(np.asarray(data["coefficients"], dtype=np.float64))
+
+
+# --- covered faces, placed from what stays visible (the default) -----------------------------
+
+PLACEMENT_NETWORK_NAME = "placement_v1"
+"""Base name of the shipped placement network, ``avinpaint/weights/placement_v1.onnx``
+(trained by ``training.placement``; docs/MODEL_CARD_occlusion.md)."""
+
+PLACEMENT_INPUT_PX = 128
+"""Side the network pools a crop to before its first convolution."""
+
+PLACEMENT_TARGET_SCALE = (10.0, 10.0, 0.1, 0.1)
+"""The network's outputs are ``offset_matrix``'s parameters times these (log scale, angle
+in radians, x and y in crop pixels): units of about one for each."""
+
+
+class PlacementNetwork:
+    """A ``Placement`` that reads, from a covered face's crop, how it sits against the
+    well-placed crop (``training.placement``): eyes, brows, hair line, ears and the face's
+    outline stay visible under a mask or a hand. One onnxruntime session on ``threads``
+    threads; ``path`` replaces the shipped network. Raises ``AvstreamError`` when the file
+    cannot be loaded."""
+
+    def __init__(self, path: Path | None = None, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        if path is None:
+            path = Path(
+                str(
+                    importlib.resources.files("avinpaint")
+                    / "weights"
+                    / f"{PLACEMENT_NETWORK_NAME}.onnx"
+                )
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise AvstreamError(f"cannot load the placement network {path}: {exc}") from exc
+
+    def offsets(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
+        """(N, 4) ``offset_matrix`` parameters, from the well-placed crop to each crop
+        (N, CROP_SIZE, CROP_SIZE, 3) uint8 BGR."""
+        if len(crops) == 0:
+            return np.zeros((0, 4), np.float64)
+        batch = np.ascontiguousarray(np.asarray(crops).transpose(0, 3, 1, 2), dtype=np.float32)
+        (raw,) = self._session.run(["offsets"], {"crops": batch})
+        scaled = np.asarray(raw, np.float64) / np.asarray(PLACEMENT_TARGET_SCALE, np.float64)
+        return np.asarray(scaled, np.float64)
+
+    def place_faces(self, faces: list[AlignedFace], masks: list[Mask]) -> list[FloatArray]:
+        """The well-placed crop's affine for each face (``Placement``; the masks are not
+        read)."""
+        if not faces:
+            return []
+        offsets = self.offsets(np.stack([f.crop for f in faces]))
+        return [undo_offset(f.affine, o) for f, o in zip(faces, offsets, strict=True)]
+
+
+@dataclass(frozen=True)
+class AveragedPlacement:
+    """A ``Placement`` from the mean of two offsets: the network's, read from the visible
+    face, and the ridge's, read from the occluder mask. Their errors differ (the network's
+    crops sit a little tight, the ridge's tails are wide), and leave-identity-out on the
+    training-split clips the mean finds more of the occluder than either alone
+    (docs/MODEL_CARD_occlusion.md)."""
+
+    network: PlacementNetwork
+    ridge: CoveredPlacement
+
+    def place_faces(self, faces: list[AlignedFace], masks: list[Mask]) -> list[FloatArray]:
+        """The well-placed crop's affine for each face (``Placement``)."""
+        if not faces:
+            return []
+        seen = self.network.offsets(np.stack([f.crop for f in faces]))
+        offsets = (seen + self.ridge.offsets(masks)) / 2.0
+        return [undo_offset(f.affine, o) for f, o in zip(faces, offsets, strict=True)]

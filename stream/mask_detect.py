@@ -35,11 +35,17 @@ import numpy as np
 import numpy.typing as npt
 
 from avinpaint.spec import CROP_SIZE
-from stream.align import CoveredPlacement, shipped_covered_placement
+from stream.align import (
+    AveragedPlacement,
+    Placement,
+    PlacementNetwork,
+    shipped_covered_placement,
+)
 from stream.errors import AvstreamError
 from stream.types import AlignedFace, FloatArray, Mask, Occlusion
 
 Backend = Literal["onnxruntime", "torch"]
+PlacementSource = Literal["both", "crop", "mask"]
 Predictor = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]
 """Crops (N, CROP_SIZE, CROP_SIZE, 3) BGR uint8 -> coverage probabilities (N, CROP_SIZE,
 CROP_SIZE) in [0, 1]."""
@@ -93,10 +99,15 @@ class MaskDetectOptions:
     it was last segmented or its coverage sits near the threshold; in between, its last mask is
     reused (what covers a face moves with it, so it stays put in the aligned crop). 1 segments
     every face of every call. ``place_covered``: a face decided covered is cropped again
-    where its occluder mask says the face lies and segmented again in that crop, in the same
-    frame (``placement``, ``predict_placed``, ``stream.align.CoveredPlacement``: under an
-    occluder the detector's landmarks zoom the crop in and move it up, and the occluder's
-    lower part falls outside it; see ``bench.mask_realign``). ``backend``: onnxruntime
+    where the face really lies and segmented again in that crop, in the same frame
+    (``placement``, ``predict_placed``: under an occluder the detector's landmarks zoom the
+    crop in or out and move it, and the occluder's lower part falls outside it).
+    ``placement_from``: what says where: ``"crop"``, the shipped placement network reading
+    the visible face (``stream.align.PlacementNetwork``), ``"mask"``, the occluder mask's
+    coverage profile (``stream.align.CoveredPlacement``, see ``bench.mask_realign``), or
+    ``"both"`` (the default), the mean of the two (``stream.align.AveragedPlacement``: on
+    the training-split clips, leave-identity-out, it finds more of the occluder than either;
+    docs/MODEL_CARD_occlusion.md). ``backend``: onnxruntime
     (default) or torch. ``weights``: a .onnx (onnxruntime) or .safetensors (torch) file
     instead of the shipped one. ``threads``: intra-op threads of the backend."""
 
@@ -110,6 +121,7 @@ class MaskDetectOptions:
     refresh_every: int = 3
     change_levels: float = 3.0
     place_covered: bool = True
+    placement_from: PlacementSource = "both"
     backend: Backend = "onnxruntime"
     weights: Path | None = None
     threads: int = 1
@@ -129,6 +141,8 @@ class MaskDetectOptions:
             raise ValueError("forget_after_frames, refresh_every and threads must be >= 1")
         if self.change_levels < 0:
             raise ValueError(f"change_levels must be >= 0, got {self.change_levels}")
+        if self.placement_from not in ("both", "crop", "mask"):
+            raise ValueError(f"placement_from must be both, crop or mask: {self.placement_from!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,6 +234,7 @@ class MaskDetector:
         """The second pass's detector (``predict_placed``): its own per-track state, since
         its crops are not the first pass's."""
         self._placed_at: dict[int, int] = {}
+        self._network: PlacementNetwork | None = None
         self.segmented = 0
         """Faces segmented so far (the rest reused their track's mask: ``refresh_every``)."""
         self.reused = 0
@@ -283,9 +298,18 @@ class MaskDetector:
         threshold = options.covered_fraction
         return 0.5 * threshold <= state.coverage.coverage_fraction <= 2.0 * threshold
 
-    def placement(self) -> CoveredPlacement | None:
-        """How covered faces are cropped again (``place_covered``; None: they are not)."""
-        return shipped_covered_placement() if self.options.place_covered else None
+    def placement(self) -> Placement | None:
+        """How covered faces are cropped again (``place_covered``, ``placement_from``; None:
+        they are not). The network is loaded on first use."""
+        if not self.options.place_covered:
+            return None
+        if self.options.placement_from == "mask":
+            return shipped_covered_placement()
+        if self._network is None:
+            self._network = PlacementNetwork(threads=self.options.threads)
+        if self.options.placement_from == "crop":
+            return self._network
+        return AveragedPlacement(self._network, shipped_covered_placement())
 
     def predict_placed(self, faces: list[AlignedFace], track_ids: Sequence[int]) -> list[Occlusion]:
         """The second pass: the covered faces of the latest ``predict``, cropped again

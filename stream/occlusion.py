@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol, runtime_checkable
 
-from stream.align import CoveredPlacement
+from stream.align import Placement
 from stream.types import AlignedFace, Mask, Occlusion
 
 
@@ -29,10 +29,10 @@ class OcclusionModel(Protocol):
 
 @runtime_checkable
 class PlacesCovered(Protocol):
-    """A region model that crops its covered faces again where their occluder mask says the
-    face lies, and segments them again there (``stream.restore.place_covered``)."""
+    """A region model that crops its covered faces again where the face really lies, and
+    segments them again there (``stream.restore.place_covered``)."""
 
-    def placement(self) -> CoveredPlacement | None:
+    def placement(self) -> Placement | None:
         """How to place a covered face's crop (None: do not)."""
         ...
 

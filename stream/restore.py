@@ -119,17 +119,18 @@ def place_covered_faces(
     track_ids: Sequence[int],
     model: PlacesCovered,
 ) -> tuple[list[AlignedFace], list[Occlusion]]:
-    """Each covered face (a non-empty region) cropped again where its mask says the face
-    lies (``model.placement``) and segmented again there (``model.predict_placed``); the
+    """Each covered face (a non-empty region) cropped again where the face really lies
+    (``model.placement``) and segmented again there (``model.predict_placed``); the
     other faces as they were. Returns the crops and occlusions to use, same order."""
     placement = model.placement()
     out_faces, out_occlusions = list(faces), list(occlusions)
     chosen = [i for i, occ in enumerate(occlusions) if occ.mask_256.any()]
     if placement is None or not chosen:
         return out_faces, out_occlusions
-    placed = [
-        crop_at(image, placement.place(faces[i].affine, occlusions[i].mask_256)) for i in chosen
-    ]
+    affines = placement.place_faces(
+        [faces[i] for i in chosen], [occlusions[i].mask_256 for i in chosen]
+    )
+    placed = [crop_at(image, affine) for affine in affines]
     second = model.predict_placed(placed, [track_ids[i] for i in chosen])
     for i, aligned, occlusion in zip(chosen, placed, second, strict=True):
         out_faces[i], out_occlusions[i] = aligned, occlusion

@@ -54,6 +54,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from stream.align import Placement
 from stream.composite import changed_region, feather
 from stream.engines_cli import open_model_inpainter, parse_backend_arguments
 from stream.inpaint import Inpainter, OpenCVInpainter, OpenCVMethod
@@ -280,7 +281,9 @@ _Region = tuple[Mask, FloatArray]  # a face's restored crop-space mask and its i
 
 class RecordingDetector:
     """An ``OcclusionModel`` passing ``MaskDetector``'s answers through unchanged while
-    keeping, per call, the region of every face it asked to restore."""
+    keeping, per call, the region of every face it asked to restore. It places covered
+    faces as the detector does (``PlacesCovered``: ``placement``, ``predict_placed``), and
+    then keeps the placed crops' regions, which are what the pipeline restores."""
 
     def __init__(self, detector: MaskDetector) -> None:
         self._detector = detector
@@ -298,6 +301,21 @@ class RecordingDetector:
                 if occ.mask_256.any()
             ]
         )
+        return occlusions
+
+    def placement(self) -> Placement | None:
+        """The detector's placement of covered faces."""
+        return self._detector.placement()
+
+    def predict_placed(self, faces: list[AlignedFace], track_ids: Sequence[int]) -> list[Occlusion]:
+        """The detector's second pass on the placed crops of the latest call's covered faces
+        (all of them, in order); their regions replace that call's record."""
+        occlusions = self._detector.predict_placed(faces, track_ids)
+        self.calls[-1] = [
+            (occ.mask_256.copy(), face.inverse_affine)
+            for face, occ in zip(faces, occlusions, strict=True)
+            if occ.mask_256.any()
+        ]
         return occlusions
 
     def reset(self) -> None:

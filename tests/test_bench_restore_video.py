@@ -6,15 +6,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
-from bench.restore_video import FrameMasks, main, make_masked_clip, measure
+from bench.restore_video import FrameMasks, RecordingDetector, main, make_masked_clip, measure
+from stream.occlusion import PlacesCovered
 from stream.testclip import ClipTruth
+from stream.types import AlignedFace, Occlusion
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +115,55 @@ def test_frame_masks_round_trip() -> None:
     assert np.array_equal(masks[0], first) and np.array_equal(masks[1], ~first)
     with pytest.raises(ValueError, match="frame shape"):
         masks.append(np.zeros((5, 3), dtype=bool))
+
+
+class _TwoPassDetector:
+    """Stands in for ``MaskDetector``: the first pass covers the first face only, the second
+    pass answers with ``second``."""
+
+    def __init__(self, second: Occlusion) -> None:
+        self.second = second
+
+    def predict(
+        self, faces: list[AlignedFace], track_ids: Sequence[int] | None = None
+    ) -> list[Occlusion]:
+        covered = np.zeros((256, 256), np.float32)
+        covered[150:220, 60:200] = 1.0
+        empty = np.zeros_like(covered)
+        return [Occlusion(covered if i == 0 else empty, 0.2, 2) for i in range(len(faces))]
+
+    def placement(self) -> str:
+        return "placement"
+
+    def predict_placed(self, faces: list[AlignedFace], track_ids: Sequence[int]) -> list[Occlusion]:
+        return [self.second for _ in faces]
+
+    def reset(self) -> None:
+        pass
+
+
+def _aligned(shift: float) -> AlignedFace:
+    affine = np.array([[1.0, 0.0, shift], [0.0, 1.0, 0.0]])
+    return AlignedFace(np.zeros((256, 256, 3), np.uint8), affine, cv2.invertAffineTransform(affine))
+
+
+def test_the_recording_detector_places_covered_faces_and_records_the_placed_regions() -> None:
+    again = np.zeros((256, 256), np.float32)
+    again[160:240, 50:210] = 1.0
+    recorder = RecordingDetector(_TwoPassDetector(Occlusion(again, 0.3, 2)))  # type: ignore[arg-type]
+    assert isinstance(recorder, PlacesCovered)
+    assert recorder.placement() == "placement"
+    first, other, placed = _aligned(0.0), _aligned(300.0), _aligned(-12.0)
+    recorder.predict([first, other], [1, 2])
+    ((mask, inverse),) = recorder.calls[-1]
+    assert mask[150:220, 60:200].all() and inverse is first.inverse_affine
+    # The pipeline restores the second pass's region in the placed crop: that is recorded.
+    recorder.predict_placed([placed], [1])
+    ((mask, inverse),) = recorder.calls[-1]
+    np.testing.assert_array_equal(mask, again)
+    assert inverse is placed.inverse_affine
+    # A placed face the second pass finds uncovered is not restored, nor recorded.
+    nothing = RecordingDetector(_TwoPassDetector(Occlusion(np.zeros((256, 256), np.float32), 0, 2)))  # type: ignore[arg-type]
+    nothing.predict([first], [1])
+    nothing.predict_placed([placed], [1])
+    assert nothing.calls[-1] == []

@@ -14,6 +14,10 @@ one cause, in this order:
 - ``decision``: the smoothed map covers it but the face was decided uncovered
   (``covered_fraction``, hysteresis) or its reused mask (``refresh_every``) misses it.
 
+This is the first pass only: covered faces are not cropped again (``place_covered``), so
+the shares describe the aligner's crops; ``bench.false_flags`` and ``bench.quality``
+measure the region the pipeline restores, placement included.
+
     python -m bench.seg_diagnose CLIP.mp4 [CLIP ...] --out DIR [--frames 50] \\
         [--weights X.onnx] [--set pixel_threshold=0.45] [--sheet-frames 4]
 

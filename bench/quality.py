@@ -66,7 +66,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -95,7 +95,7 @@ from stream.audio import read_audio_16k
 from stream.composite import composite, inpaint_hole
 from stream.engines_cli import open_model_inpainter, parse_backend_arguments
 from stream.inpaint import Inpainter, OpenCVInpainter
-from stream.mask_detect import MaskDetectOptions, face_region
+from stream.mask_detect import MaskDetectOptions, PlacementSource, face_region
 from stream.media import VideoReader, probe
 from stream.model_inpainter import ModelInpainter
 from stream.types import Image, InpaintResult, Mask
@@ -329,6 +329,7 @@ class Restorer:
     model: ModelInpainter | None
     work: Path
     mask_weights: Path | None = None
+    placement_from: PlacementSource = "both"
     seconds: dict[str, float] = field(default_factory=dict)
     fills: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -364,7 +365,12 @@ class Restorer:
         if name == "telea":
             counting = CountingInpainter(OpenCVInpainter("telea"))
             restoration = restore_with(
-                masked, output, name, counting, mask_weights=self.mask_weights
+                masked,
+                output,
+                name,
+                counting,
+                mask_weights=self.mask_weights,
+                placement_from=self.placement_from,
             )
         else:
             counting, restoration = self._model(name, masked, output, partner)
@@ -380,7 +386,12 @@ class Restorer:
         counting = CountingInpainter(self.model)
         if name == "model_novoice":  # --speaker-audio none
             return counting, restore_with(
-                masked, output, name, counting, mask_weights=self.mask_weights
+                masked,
+                output,
+                name,
+                counting,
+                mask_weights=self.mask_weights,
+                placement_from=self.placement_from,
             )
         audio = partner if name == "model_swapped" else None  # --speaker-audio PATH
         if name == "model_swapped" and audio is None:
@@ -394,6 +405,7 @@ class Restorer:
             sink,
             speaker_audio=audio,
             mask_weights=self.mask_weights,
+            placement_from=self.placement_from,
         )
 
 
@@ -844,7 +856,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tiles: dict[str, dict[str, Image]] = {}
     started = time.perf_counter()
     with _open_model(args) as model:
-        restorer = Restorer(tuple(args.conditions), model, work, args.mask_weights)
+        restorer = Restorer(
+            tuple(args.conditions), model, work, args.mask_weights, args.placement_from
+        )
         for clip in clips:
             partner = pick_partner(clip, clips)
             print(f"{clip.name}: {clip.occluder}", file=sys.stderr, flush=True)
@@ -871,6 +885,7 @@ def settings(args: argparse.Namespace, identity: Identity) -> dict[str, Any]:
         "frames": "first" if args.head else "last",
         "seed": args.seed,
         "mask_weights": str(args.mask_weights or "shipped"),
+        "placement_from": args.placement_from,
         "dlib": identity.dlib is not None,
         "dlib_every": args.dlib_every,
         "levels": "8-bit (0..255), all three channels; PSNR peak 255",
@@ -912,6 +927,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask-weights",
         type=Path,
         help="--mask-detect's segmenter (.onnx; default the shipped one)",
+    )
+    parser.add_argument(
+        "--placement-from",
+        choices=get_args(PlacementSource),
+        default="both",
+        help="how --mask-detect places covered faces (MaskDetectOptions.placement_from)",
     )
     parser.add_argument("--dlib-every", type=int, default=10, help="dlib on every Nth frame")
     parser.add_argument("--keep", action="store_true", help="keep the mp4 files in -o DIR")

@@ -328,8 +328,8 @@ class Restorer:
     conditions: tuple[str, ...]
     model: ModelInpainter | None
     work: Path
-    mask_weights: Path | None = None
-    placement_from: PlacementSource = "both"
+    detect: MaskDetectOptions = field(default_factory=MaskDetectOptions)
+    """``--mask-detect``'s options (``--mask-weights``, ``--placement-from``)."""
     seconds: dict[str, float] = field(default_factory=dict)
     fills: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -369,8 +369,7 @@ class Restorer:
                 output,
                 name,
                 counting,
-                mask_weights=self.mask_weights,
-                placement_from=self.placement_from,
+                detect_options=self.detect,
             )
         else:
             counting, restoration = self._model(name, masked, output, partner)
@@ -390,8 +389,7 @@ class Restorer:
                 output,
                 name,
                 counting,
-                mask_weights=self.mask_weights,
-                placement_from=self.placement_from,
+                detect_options=self.detect,
             )
         audio = partner if name == "model_swapped" else None  # --speaker-audio PATH
         if name == "model_swapped" and audio is None:
@@ -404,8 +402,7 @@ class Restorer:
             counting,
             sink,
             speaker_audio=audio,
-            mask_weights=self.mask_weights,
-            placement_from=self.placement_from,
+            detect_options=self.detect,
         )
 
 
@@ -856,9 +853,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tiles: dict[str, dict[str, Image]] = {}
     started = time.perf_counter()
     with _open_model(args) as model:
-        restorer = Restorer(
-            tuple(args.conditions), model, work, args.mask_weights, args.placement_from
-        )
+        detect = MaskDetectOptions(weights=args.mask_weights, placement_from=args.placement_from)
+        restorer = Restorer(tuple(args.conditions), model, work, detect)
         for clip in clips:
             partner = pick_partner(clip, clips)
             print(f"{clip.name}: {clip.occluder}", file=sys.stderr, flush=True)

@@ -58,7 +58,7 @@ from stream.align import Placement
 from stream.composite import changed_region, feather
 from stream.engines_cli import open_model_inpainter, parse_backend_arguments
 from stream.inpaint import Inpainter, OpenCVInpainter, OpenCVMethod
-from stream.mask_detect import MaskDetectOptions, MaskDetector, PlacementSource
+from stream.mask_detect import MaskDetectOptions, MaskDetector
 from stream.media import EncodeOptions, MediaInfo, VideoReader, VideoWriter, probe
 from stream.pipeline import ProcessOptions, ProcessReport, process_file
 from stream.restore import FaceAnalyser, TrackedFace
@@ -395,15 +395,14 @@ def restore_with(
     speaker_audio: Path | None = None,
     feather_px: float | None = None,
     dilate_px: int | None = None,
-    mask_weights: Path | None = None,
-    placement_from: PlacementSource = "both",
+    detect_options: MaskDetectOptions | None = None,
 ) -> Restoration:
     """``avstream process --mask-detect`` of ``masked`` with an open ``inpainter`` and its
     speaker sink, as a library call (``speaker_audio``: ``--speaker-audio PATH``;
-    ``mask_weights``: another segmenter, ``MaskDetectOptions.weights``; ``placement_from``:
-    ``MaskDetectOptions.placement_from``)."""
-    # The CLI's --mask-detect: default options (onnxruntime segmenter, one thread).
-    detect_options = MaskDetectOptions(weights=mask_weights, placement_from=placement_from)
+    ``detect_options``: the detector's, the CLI's defaults unless given: another segmenter,
+    another placement)."""
+    if detect_options is None:
+        detect_options = MaskDetectOptions()
     if dilate_px is not None:
         detect_options = dataclasses.replace(detect_options, dilate_px=dilate_px)
     detector = RecordingDetector(MaskDetector(detect_options))

@@ -61,6 +61,7 @@ from training.segmenter import (
     find_face,
     list_sources,
     read_images,
+    save_with_index,
 )
 
 log = logging.getLogger(__name__)
@@ -163,13 +164,7 @@ def prepare(data_root: Path, out_dir: Path, folders: Sequence[str] = PHOTO_SOURC
             )
     if not views:
         raise RuntimeError(f"no usable face under {data_root} in {list(folders)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    array_tmp = out_dir / "wide.partial.npy"
-    np.save(array_tmp, np.stack(views))
-    index_tmp = out_dir / "index.partial.json"
-    index_tmp.write_text(json.dumps({"skipped": skipped, "rows": rows}, indent=1))
-    array_tmp.replace(out_dir / "wide.npy")
-    index_tmp.replace(out_dir / "index.json")
+    save_with_index(out_dir, "wide", np.stack(views), {"skipped": skipped, "rows": rows})
     log.info("prepared %d wide faces (%d skipped) in %s", len(views), skipped, out_dir)
     return len(views)
 

@@ -300,15 +300,23 @@ def prepare_faces(data_root: Path, out_dir: Path, folders: Sequence[str] = TRAIN
             )
     if not crops:
         raise RuntimeError(f"no face found under {data_root} in {list(folders)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    array_tmp = out_dir / "crops.partial.npy"
-    np.save(array_tmp, np.stack(crops))
-    index_tmp = out_dir / "index.partial.json"
-    index_tmp.write_text(json.dumps({"misses": misses, "crops": rows}, indent=1))
-    array_tmp.replace(out_dir / "crops.npy")
-    index_tmp.replace(out_dir / "index.json")
+    save_with_index(out_dir, "crops", np.stack(crops), {"misses": misses, "crops": rows})
     log.info("prepared %d crops (%d images without a face) in %s", len(crops), misses, out_dir)
     return len(crops)
+
+
+def save_with_index(
+    out_dir: Path, name: str, array: npt.NDArray[np.uint8], index: dict[str, object]
+) -> None:
+    """Write ``out_dir/NAME.npy`` and ``out_dir/index.json``, each under a temporary name
+    first and renamed once both are written, so a partial run never leaves a set to read."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    array_tmp = out_dir / f"{name}.partial.npy"
+    np.save(array_tmp, array)
+    index_tmp = out_dir / "index.partial.json"
+    index_tmp.write_text(json.dumps(index, indent=1))
+    array_tmp.replace(out_dir / f"{name}.npy")
+    index_tmp.replace(out_dir / "index.json")
 
 
 def load_faces(faces_dir: Path) -> FaceSet:

@@ -10,7 +10,6 @@ package (``avinpaint/weights/<name>.safetensors``).
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import os
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from avinpaint.config import PRESETS, ModelConfig
+from avinpaint.files import shipped_weights
 from avinpaint.model import Generator
 
 FORMAT = "avinpaint.generator"
@@ -199,7 +199,7 @@ def read_config(path: str | Path) -> ModelConfig:
 
 def shipped_path(name: str) -> Path:
     """Where the package keeps the weights of preset ``name`` (the file may not exist)."""
-    return Path(str(importlib.resources.files("avinpaint") / "weights" / f"{name}.safetensors"))
+    return shipped_weights(f"{name}.safetensors")
 
 
 def resolve(name_or_path: str | Path) -> Path:

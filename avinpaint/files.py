@@ -4,6 +4,7 @@ engine cache hash files without importing torch)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 from pathlib import Path
 
 _BLOCK_BYTES = 1 << 20
@@ -16,3 +17,9 @@ def file_sha256(path: Path) -> str:
         while block := f.read(_BLOCK_BYTES):
             digest.update(block)
     return digest.hexdigest()
+
+
+def shipped_weights(filename: str) -> Path:
+    """Where the package keeps a shipped weights file (``avinpaint/weights/FILENAME``; the
+    file may not exist in an install without it)."""
+    return Path(str(importlib.resources.files("avinpaint") / "weights" / filename))

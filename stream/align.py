@@ -8,7 +8,6 @@ mask's coverage profile. Both are a ``Placement``."""
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from avinpaint.files import shipped_weights
 from avinpaint.geometry import invert_affine, similarity_transform
 from avinpaint.spec import ALIGN_MOUTH_WEIGHT, ALIGN_YAW_RAMP, CROP_SIZE, CROP_TEMPLATE_256
 from stream.errors import AvstreamError
@@ -186,13 +186,7 @@ class PlacementNetwork:
         import onnxruntime as ort
 
         if path is None:
-            path = Path(
-                str(
-                    importlib.resources.files("avinpaint")
-                    / "weights"
-                    / f"{PLACEMENT_NETWORK_NAME}.onnx"
-                )
-            )
+            path = shipped_weights(f"{PLACEMENT_NETWORK_NAME}.onnx")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from avinpaint.files import shipped_weights
 from avinpaint.geometry import invert_affine, similarity_transform
 from avinpaint.spec import ALIGN_MOUTH_WEIGHT, ALIGN_YAW_RAMP, CROP_SIZE, CROP_TEMPLATE_256
-from stream.errors import AvstreamError
+from stream.ort_cpu import cpu_session
 from stream.types import AlignedFace, FloatArray, Image, Mask
 
 
@@ -165,7 +165,7 @@ def shipped_covered_placement() -> CoveredPlacement:
 
 PLACEMENT_NETWORK_NAME = "placement_v1"
 """Base name of the shipped placement network, ``avinpaint/weights/placement_v1.onnx``
-(trained by ``training.placement``; docs/MODEL_CARD_occlusion.md)."""
+(trained by ``training.placement``; docs/MODEL_CARD_placement.md)."""
 
 PLACEMENT_INPUT_PX = 128
 """Side the network pools a crop to before its first convolution."""
@@ -183,19 +183,9 @@ class PlacementNetwork:
     cannot be loaded."""
 
     def __init__(self, path: Path | None = None, threads: int = 1) -> None:
-        import onnxruntime as ort
-
         if path is None:
             path = shipped_weights(f"{PLACEMENT_NETWORK_NAME}.onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise AvstreamError(f"cannot load the placement network {path}: {exc}") from exc
+        self._session = cpu_session(path, threads, "placement network")
 
     def offsets(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
         """(N, 4) ``offset_matrix`` parameters, from the well-placed crop to each crop
@@ -222,7 +212,7 @@ class AveragedPlacement:
     face, and the ridge's, read from the occluder mask. Their errors differ (the network's
     crops sit a little tight, the ridge's tails are wide), and leave-identity-out on the
     training-split clips the mean finds more of the occluder than either alone
-    (docs/MODEL_CARD_occlusion.md)."""
+    (docs/MODEL_CARD_placement.md)."""
 
     network: PlacementNetwork
     ridge: CoveredPlacement

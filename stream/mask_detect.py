@@ -42,6 +42,7 @@ from stream.align import (
     shipped_covered_placement,
 )
 from stream.errors import AvstreamError
+from stream.ort_cpu import cpu_session
 from stream.types import AlignedFace, FloatArray, Mask, Occlusion
 
 Backend = Literal["onnxruntime", "torch"]
@@ -400,21 +401,13 @@ def load_predictor(options: MaskDetectOptions) -> Predictor:
 
 
 def _onnxruntime_predictor(weights: Path | None, threads: int) -> Predictor:
-    import onnxruntime as ort
-
     from avinpaint.occlusion_net import OcclusionNetError, shipped_path
 
     try:
         path = weights if weights is not None else shipped_path("onnx")
     except OcclusionNetError as exc:
         raise AvstreamError(str(exc)) from exc
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own untyped errors
-        raise AvstreamError(f"cannot load the occlusion segmenter {path}: {exc}") from exc
+    session = cpu_session(path, threads, "occlusion segmenter")
 
     def predict(crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         batch = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)

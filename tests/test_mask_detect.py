@@ -21,6 +21,7 @@ from stream.mask_detect import (
     MaskDetectOptions,
     MaskDetector,
     face_region,
+    guided_filter,
     load_predictor,
 )
 from stream.media import VideoReader
@@ -85,14 +86,56 @@ def test_uncovered_face_gets_an_all_zero_mask() -> None:
     assert 0.0 < occlusion.score < detector.options.covered_fraction
 
 
-def test_covered_face_mask_is_exactly_the_covered_pixels_by_default() -> None:
+def test_covered_face_mask_is_exactly_the_covered_pixels_without_the_guide() -> None:
     assert MaskDetectOptions().dilate_px == 0
     probability = _box(130, 230)
-    detector = MaskDetector(MaskDetectOptions(), _scripted([probability]))
+    options = MaskDetectOptions(guide_radius_px=0)
+    detector = MaskDetector(options, _scripted([probability]))
     (coverage,) = detector.analyse([_aligned()], [7])
     assert coverage.covered
     # No growth into the visible face: the region is the covered pixels, nothing more.
     np.testing.assert_array_equal(coverage.mask_256, (probability > 0.5).astype(np.float32))
+
+
+def test_guided_region_moves_onto_the_occluders_edge_in_the_crop() -> None:
+    """The network's map is soft and a few pixels off at the occluder's edge; the default
+    region follows the edge the crop shows instead, and grows nowhere else."""
+    face = _aligned()
+    crop = np.full((CROP_SIZE, CROP_SIZE, 3), 150, np.uint8)  # visible skin
+    crop[140:230, 60:196] = 235  # a white mask: its top edge is row 140
+    face = AlignedFace(crop=crop, affine=face.affine, inverse_affine=face.inverse_affine)
+    truth = np.zeros((CROP_SIZE, CROP_SIZE), bool)
+    truth[140:230, 60:196] = True
+    # A map whose 0.5 contour lies 2 px inside the top edge, blurred like a network's.
+    soft = cv2.GaussianBlur(_box(142, 230) / np.float32(0.9), (0, 0), 3.0)
+    plain = MaskDetector(MaskDetectOptions(guide_radius_px=0), _scripted([soft]))
+    guided = MaskDetector(MaskDetectOptions(), _scripted([soft]))
+    (plain_cov,) = plain.analyse([face], [1])
+    (guided_cov,) = guided.analyse([face], [1])
+    plain_mask, guided_mask = plain_cov.mask_256 > 0, guided_cov.mask_256 > 0
+    centre = slice(70, 186)  # away from the box's corners, which the blur rounds
+    assert not plain_mask[140:142, centre].any()  # the plain map misses the top rows
+    assert guided_mask[140:230, centre].all()  # the guided region finds them
+    assert not (guided_mask & ~truth).any()  # and grows into nothing visible
+
+
+def test_guided_filter_keeps_a_flat_map_and_follows_a_step() -> None:
+    guide = np.zeros((64, 64), np.float32)
+    guide[:, 32:] = 1.0
+    flat = np.full((64, 64), 0.3, np.float32)
+    np.testing.assert_allclose(guided_filter(guide, flat, 4, 1e-3), flat, atol=1e-5)
+    # A step one column off the guide's is moved onto the guide's.
+    step = np.zeros((64, 64), np.float32)
+    step[:, 33:] = 1.0
+    out = guided_filter(guide, step, 4, 1e-4)
+    assert (out[:, 32:] > 0.5).all() and (out[:, :32] < 0.5).all()
+
+
+def test_options_reject_a_bad_region_threshold_or_guide() -> None:
+    with pytest.raises(ValueError, match="region_threshold"):
+        MaskDetectOptions(region_threshold=1.0)
+    with pytest.raises(ValueError, match="guide_radius_px"):
+        MaskDetectOptions(guide_radius_px=-1)
 
 
 def test_occlusions_ask_the_inpainter_for_context_beyond_the_region() -> None:
@@ -103,7 +146,7 @@ def test_occlusions_ask_the_inpainter_for_context_beyond_the_region() -> None:
 
 
 def test_covered_face_mask_is_dilated_on_request() -> None:
-    options = MaskDetectOptions(dilate_px=3)
+    options = MaskDetectOptions(dilate_px=3, guide_radius_px=0)
     detector = MaskDetector(options, _scripted([_box(130, 230)]))
     (coverage,) = detector.analyse([_aligned()], [7])
     assert coverage.covered and coverage.track_id == 7
@@ -115,7 +158,9 @@ def test_covered_face_mask_is_dilated_on_request() -> None:
 def test_placed_faces_are_segmented_with_their_own_state() -> None:
     covered, lower, upper = _box(130, 230), _box(150, 250), _box(100, 200)
     maps = [covered, lower, covered, upper, covered, covered, upper]
-    detector = MaskDetector(MaskDetectOptions(refresh_every=1), _scripted(maps))
+    # The region unguided: rows of the smoothed map above 0.5 say what was averaged.
+    options = MaskDetectOptions(refresh_every=1, guide_radius_px=0)
+    detector = MaskDetector(options, _scripted(maps))
     assert detector.placement() is not None
 
     def rows(mask: npt.NDArray[np.float32]) -> tuple[int, int]:

@@ -84,8 +84,8 @@ class MaskDetectOptions:
         probability above ``pixel_threshold``, as before). The network's map is smooth at
         the occluder's edge, the crop is not: on 66 painted training-split clips
         (``bench.false_flags``) the guided region at 0.45 keeps the changed pixels' precision
-        (0.963) and finds 0.75 points more of the occluder (recall 0.953 to 0.961, hands 0.898
-        to 0.908), where the plain map at 0.45 gains 0.45 points of recall for 0.54 of
+        (0.963) and finds 0.75 points more of the occluder (recall 0.953 to 0.960, hands 0.897
+        to 0.907), where the plain map at 0.45 gains 0.45 points of recall for 0.54 of
         precision; see docs/MODEL_CARD_occlusion.md.
         ``covered_fraction``: a face is restored when at least this fraction of its face region
         (``face_region()``) is covered; chosen on held-out unmasked and synthetic faces (see

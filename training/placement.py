@@ -54,14 +54,14 @@ from stream.detect import DetectorOptions, FaceDetector
 from stream.types import Image
 from training.segmenter import (
     SampleMaker,
-    _degrade,
-    _real_look,
-    _small_face,
     build_maker,
+    degrade,
     find_face,
     list_sources,
     read_images,
+    real_look,
     save_with_index,
+    small_face,
 )
 
 log = logging.getLogger(__name__)
@@ -196,17 +196,17 @@ def make_sample(
     inner = slice(BORDER_PX, BORDER_PX + CROP_SIZE)
     face = np.ascontiguousarray(view[inner, inner])
     if rng.random() < 0.3:
-        face = _real_look(face, rng)
+        face = real_look(face, rng)
     if rng.random() < 0.9:
-        face, _ = maker._occlude(face, rng)
+        face, _ = maker.occlude(face, rng)
         if rng.random() < 0.15:
-            face, _ = maker._occlude(face, rng)
+            face, _ = maker.occlude(face, rng)
     view[inner, inner] = face
     offset = offsets.draw(rng)
     crop = crop_from_wide(view, offset)
     if rng.random() < 0.4:
-        crop = _small_face(crop, rng)
-    return _degrade(crop, rng), offset
+        crop = small_face(crop, rng)
+    return degrade(crop, rng), offset
 
 
 # --- network -------------------------------------------------------------------------------

@@ -448,9 +448,9 @@ class SampleMaker:
     (blur from a low-resolution source, JPEG, noise, colour casts). ``small_face_probability``:
     the crop is made the way the aligner makes it from a small face in compressed video (LRS2's
     160 px frames hold faces of 90-110 px): shrunk to 30-65% (an 80-170 px crop), compressed
-    hard there, and scaled back up (``_small_face``), before the other degradations.
+    hard there, and scaled back up (``small_face``), before the other degradations.
     ``lighting_probability``: real-video lighting on the face before any occluder is painted
-    (``_real_look``: strong one-sided light that may clip, specular sheens on cheekbones,
+    (``real_look``: strong one-sided light that may clip, specular sheens on cheekbones,
     forehead, nose or chin, spectacle frames); what it adds is never covered, so on a clean
     face the target stays empty (``occlusion_v3``'s hard negatives).
     ``misalign_probability``: instead of ``jitter``'s small similarity, the crop and its mask
@@ -476,11 +476,11 @@ class SampleMaker:
         mask = np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
         # Drawn only when enabled: v1's and v2's samples stay as they were.
         if self.lighting_probability > 0.0 and rng.random() < self.lighting_probability:
-            image = _real_look(image, rng)
+            image = real_look(image, rng)
         if rng.random() >= self.clean_probability:
-            image, mask = self._occlude(image, rng)
+            image, mask = self.occlude(image, rng)
             if rng.random() < self.second_probability:
-                image, second = self._occlude(image, rng)
+                image, second = self.occlude(image, rng)
                 mask = np.maximum(mask, second)
         # Drawn only when enabled: v1-v3's samples stay as they were.
         if self.misalign_probability > 0.0 and rng.random() < self.misalign_probability:
@@ -489,12 +489,14 @@ class SampleMaker:
             image, mask = _jitter(image, mask, rng)
         # Drawn only when enabled: v1's samples (and its numbers) stay as they were.
         if self.small_face_probability > 0.0 and rng.random() < self.small_face_probability:
-            image = _small_face(image, rng)
+            image = small_face(image, rng)
         if self.degrade:
-            image = _degrade(image, rng)
+            image = degrade(image, rng)
         return image, mask
 
-    def _occlude(self, image: Image, rng: np.random.Generator) -> tuple[Image, Mask]:
+    def occlude(self, image: Image, rng: np.random.Generator) -> tuple[Image, Mask]:
+        """One occluder painted on ``image``: a real mask template (``template_probability``)
+        or a rendered shape (``training.occluders``); returns the image and its coverage mask."""
         if self.templates and rng.random() < self.template_probability:
             template = self.templates[int(rng.integers(len(self.templates)))]
             return paint_template(image, template, rng, self.renderer.textures)
@@ -541,7 +543,7 @@ def _move(
     return np.asarray(moved, np.uint8), (np.asarray(moved_mask) >= 0.5).astype(np.float32)
 
 
-def _real_look(image: Image, rng: np.random.Generator) -> Image:
+def real_look(image: Image, rng: np.random.Generator) -> Image:
     """How real video lights a face that training photos rarely show: 60% strong side light
     (``training.augment.side_light``), else 1-2 specular sheens; then 35% spectacle frames."""
     if rng.random() < 0.6:
@@ -554,7 +556,7 @@ def _real_look(image: Image, rng: np.random.Generator) -> Image:
     return image
 
 
-def _small_face(image: Image, rng: np.random.Generator) -> Image:
+def small_face(image: Image, rng: np.random.Generator) -> Image:
     """The crop as the aligner makes it from a small face in compressed video: the face
     exists only at 30-65% of the crop's size, softened by the camera or the codec, coded in
     8x8 blocks with half-resolution colour (JPEG, 4:2:0) at low quality, then scaled back up."""
@@ -572,7 +574,9 @@ def _small_face(image: Image, rng: np.random.Generator) -> Image:
     )
 
 
-def _degrade(image: Image, rng: np.random.Generator) -> Image:
+def degrade(image: Image, rng: np.random.Generator) -> Image:
+    """Web-photo and camera degradations: 40% downscaled and back, gain, contrast, colour
+    cast and offset, 8% greyscale, 30% sensor noise, 50% JPEG at quality 30-95."""
     out = image
     if rng.random() < 0.4:
         # A small face scaled up to the crop: the commonest web-photo look.

@@ -89,6 +89,13 @@ def _add_region_options(parser: argparse.ArgumentParser) -> None:
         help="grow each detected region by N crop pixels into the visible face (default: 0, "
         "exactly what covers the face; growth costs identity; detection only)",
     )
+    parser.add_argument(
+        "--mask-plain-edges",
+        action="store_true",
+        help="take the segmenter's map as it is (covered above 0.5) instead of moving the "
+        "region's edges onto the edges the crop shows (the default finds more of the "
+        "occluder's rim at the same precision; detection only)",
+    )
 
 
 def _add_provenance_options(parser: argparse.ArgumentParser, where: str) -> None:
@@ -592,6 +599,8 @@ def occlusion_model(args: argparse.Namespace) -> OcclusionModel:
             raise UsageError("--mask-threshold applies to detection, not to a fixed region")
         if args.mask_dilate_px is not None:
             raise UsageError("--mask-dilate-px applies to detection, not to a fixed region")
+        if args.mask_plain_edges:
+            raise UsageError("--mask-plain-edges applies to detection, not to a fixed region")
         return FixedRegion(_fixed_region_mask(args))
     from stream.mask_detect import MaskDetectOptions, MaskDetector
 
@@ -605,8 +614,10 @@ def occlusion_model(args: argparse.Namespace) -> OcclusionModel:
         dilate = MaskDetectOptions.dilate_px
     if not 0 <= dilate <= 64:
         raise UsageError(f"--mask-dilate-px must be within 0..64, got {dilate}")
+    guide = 0 if args.mask_plain_edges else MaskDetectOptions.guide_radius_px
+    options = MaskDetectOptions(covered_fraction=fraction, dilate_px=dilate, guide_radius_px=guide)
     # Raises AvstreamError (exit 1) when the package was installed without its weights.
-    return MaskDetector(MaskDetectOptions(covered_fraction=fraction, dilate_px=dilate))
+    return MaskDetector(options)
 
 
 def _run_process(args: argparse.Namespace) -> int:

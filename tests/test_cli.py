@@ -138,6 +138,7 @@ def test_missing_output_directory(
         (["--mask-threshold", "1.5"], "--mask-threshold must be within"),
         (["--mask-image", "x.png", "--mask-dilate-px", "2"], "--mask-dilate-px applies"),
         (["--mask-detect", "--mask-dilate-px", "-1"], "--mask-dilate-px must be within"),
+        (["--mask-box", "--mask-plain-edges"], "--mask-plain-edges applies to detection"),
         (["--mask-box", "1,2,3"], "four integers"),
         (["--mask-box", "0,0,300,10"], "does not fit"),
         (["--crf", "99"], "crf"),
@@ -331,3 +332,14 @@ def test_model_inpainter_runs_a_checkpoint_on_onnxruntime(
     bad = ["--inpainter", "model", "--model", str(tmp_path / "missing.safetensors")]
     assert main(["process", str(clip.path), "-o", str(tmp_path / "p.mp4"), *bad, *FAST]) == 1
     _one_line_error(capsys)
+
+
+@pytest.mark.parametrize(("flag", "radius"), [([], 6), (["--mask-plain-edges"], 0)])
+def test_mask_plain_edges_turns_the_edge_guide_off(flag: list[str], radius: int) -> None:
+    from stream.cli import build_parser, occlusion_model
+    from stream.mask_detect import MaskDetector
+
+    args = build_parser().parse_args(["process", "in.mp4", "-o", "o.mp4", *flag])
+    model = occlusion_model(args)
+    assert isinstance(model, MaskDetector)
+    assert model.options.guide_radius_px == radius

@@ -9,10 +9,11 @@ the previous map by the crop's own move between the two frames (the two affines)
 measured and changed nothing on the 66 training-split runs of ``bench.false_flags``
 (recall 0.9509 -> 0.9511, precision 0.9590 -> 0.9588), so it is not done. A face is
 *covered* when the smoothed mask covers at least ``covered_fraction`` of the face region;
-a covered face gets exactly its covered pixels as the region to restore (no growth by
-default: the skin just outside an occluder carries identity, see ``stream.composite``;
-``dilate_px`` grows it on request), and an uncovered face gets an all-zero mask, so the
-compositor leaves every one of its pixels exactly as they were.
+a covered face gets exactly its covered pixels as the region to restore, their edges moved
+onto the edges the crop shows (``guided_filter``; no growth by default: the skin just
+outside an occluder carries identity, see ``stream.composite``; ``dilate_px`` grows it on
+request), and an uncovered face gets an all-zero mask, so the compositor leaves every one
+of its pixels exactly as they were.
 
 The decision has hysteresis: a covered track stays covered until its coverage drops below
 ``release_ratio * covered_fraction``, so a face near the threshold does not blink between

@@ -55,10 +55,9 @@ from stream.types import Image
 from training.segmenter import (
     SampleMaker,
     build_maker,
+    collect_faces,
     degrade,
     find_face,
-    list_sources,
-    read_images,
     real_look,
     save_with_index,
     small_face,
@@ -141,29 +140,25 @@ def prepare(data_root: Path, out_dir: Path, folders: Sequence[str] = PHOTO_SOURC
     group and split (``index.json``); returns the number stored. Written under temporary
     names and renamed."""
     detector = FaceDetector(DetectorOptions(min_face_px=32.0))
-    views: list[Image] = []
-    rows: list[dict[str, str]] = []
-    skipped = 0
-    for source in list_sources(data_root, folders):
-        for image in read_images(source):
-            face = find_face(detector, image)
-            if face is None:
-                skipped += 1
-                continue
-            view, inside = wide_view(image, face.landmarks5)
-            if inside < MIN_INSIDE:
-                skipped += 1
-                continue
-            views.append(view)
-            rows.append(
-                {
-                    "path": str(source.path.relative_to(data_root)),
-                    "group": source.group,
-                    "split": source.split,
-                }
-            )
+
+    def usable_view(image: Image) -> Image | None:
+        face = find_face(detector, image)
+        if face is None:
+            return None
+        view, inside = wide_view(image, face.landmarks5)
+        return view if inside >= MIN_INSIDE else None
+
+    views, sources, skipped = collect_faces(data_root, folders, usable_view)
     if not views:
         raise RuntimeError(f"no usable face under {data_root} in {list(folders)}")
+    rows = [
+        {
+            "path": str(source.path.relative_to(data_root)),
+            "group": source.group,
+            "split": source.split,
+        }
+        for source in sources
+    ]
     save_with_index(out_dir, "wide", np.stack(views), {"skipped": skipped, "rows": rows})
     log.info("prepared %d wide faces (%d skipped) in %s", len(views), skipped, out_dir)
     return len(views)

@@ -31,7 +31,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
@@ -280,29 +280,42 @@ def prepare_faces(data_root: Path, out_dir: Path, folders: Sequence[str] = TRAIN
     Returns the number of crops. Written under temporary names and renamed, so a partial
     run never leaves a set that ``load_faces`` would read."""
     detector = FaceDetector(DetectorOptions(min_face_px=32.0))
-    crops: list[Image] = []
-    rows: list[dict[str, str]] = []
-    misses = 0
-    for source in list_sources(data_root, folders):
-        for image in read_images(source):
-            crop = aligned_face(detector, image)
-            if crop is None:
-                misses += 1
-                continue
-            crops.append(crop)
-            rows.append(
-                {
-                    "path": str(source.path.relative_to(data_root)),
-                    "dataset": source.dataset,
-                    "group": source.group,
-                    "split": source.split,
-                }
-            )
+    crops, sources, misses = collect_faces(
+        data_root, folders, lambda image: aligned_face(detector, image)
+    )
     if not crops:
         raise RuntimeError(f"no face found under {data_root} in {list(folders)}")
+    rows = [
+        {
+            "path": str(source.path.relative_to(data_root)),
+            "dataset": source.dataset,
+            "group": source.group,
+            "split": source.split,
+        }
+        for source in sources
+    ]
     save_with_index(out_dir, "crops", np.stack(crops), {"misses": misses, "crops": rows})
     log.info("prepared %d crops (%d images without a face) in %s", len(crops), misses, out_dir)
     return len(crops)
+
+
+def collect_faces(
+    data_root: Path, folders: Sequence[str], view: Callable[[Image], Image | None]
+) -> tuple[list[Image], list[FaceSource], int]:
+    """``view`` of every image of ``folders`` (None: no usable face in it): the views kept,
+    the source of each, and how many images gave none."""
+    views: list[Image] = []
+    sources: list[FaceSource] = []
+    skipped = 0
+    for source in list_sources(data_root, folders):
+        for image in read_images(source):
+            kept = view(image)
+            if kept is None:
+                skipped += 1
+                continue
+            views.append(kept)
+            sources.append(source)
+    return views, sources, skipped
 
 
 def save_with_index(

@@ -247,8 +247,17 @@ def shipped_path(suffix: str) -> Path:
 def export_onnx(net: OcclusionNet, path: Path, opset: int = 17) -> None:
     """Write ``net`` as ONNX: input ``crops`` (N, 3, crop_px, crop_px) float32 BGR 0..255,
     output ``logits`` (N, 1, crop_px, crop_px); the batch axis is dynamic."""
-    size = net.config.crop_px
-    example = torch.full((1, 3, size, size), 127.0)
+    export_crop_network(net, path, net.config.crop_px, "logits", opset)
+
+
+def export_crop_network(
+    net: nn.Module, path: Path, crop_px: int, output_name: str, opset: int = 17
+) -> None:
+    """Write a network of face crops as ONNX: input ``crops`` (N, 3, crop_px, crop_px)
+    float32 BGR 0..255, one output ``output_name``; the batch axis is dynamic. Exported in
+    eval mode (the mode is restored after), under a temporary name renamed on success."""
+    example = torch.full((1, 3, crop_px, crop_px), 127.0)
+    partial = path.with_suffix(".partial.onnx")
     was_training = net.training
     net.eval()
     try:
@@ -259,12 +268,13 @@ def export_onnx(net: OcclusionNet, path: Path, opset: int = 17) -> None:
             torch.onnx.export(
                 net,
                 (example,),
-                str(path),
+                str(partial),
                 input_names=["crops"],
-                output_names=["logits"],
-                dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=[output_name],
+                dynamic_axes={"crops": {0: "batch"}, output_name: {0: "batch"}},
                 opset_version=opset,
                 dynamo=False,
             )
     finally:
         net.train(was_training)
+    partial.replace(path)

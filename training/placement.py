@@ -36,7 +36,6 @@ import logging
 import math
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 
 from avinpaint.geometry import similarity_transform
+from avinpaint.occlusion_net import export_crop_network
 from avinpaint.spec import CROP_SIZE, CROP_TEMPLATE_256
 from stream.align import PLACEMENT_INPUT_PX, PLACEMENT_TARGET_SCALE, landmark_weights, offset_matrix
 from stream.detect import DetectorOptions, FaceDetector
@@ -249,23 +249,7 @@ def to_batch(crops: Sequence[Image] | npt.NDArray[np.uint8]) -> torch.Tensor:
 def export_onnx(net: PlacementNet, path: Path) -> None:
     """Write ``net`` as ONNX: input ``crops`` (N, 3, CROP_SIZE, CROP_SIZE) float32 BGR
     0..255, output ``offsets`` (N, 4) in ``PLACEMENT_TARGET_SCALE`` units; dynamic batch."""
-    net.eval()
-    example = torch.full((1, 3, CROP_SIZE, CROP_SIZE), 127.0)
-    partial = path.with_suffix(".partial.onnx")
-    # The TorchScript exporter: the dynamo one needs onnxscript, which we do not install.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            net,
-            (example,),
-            str(partial),
-            input_names=["crops"],
-            output_names=["offsets"],
-            dynamic_axes={"crops": {0: "batch"}, "offsets": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    partial.replace(path)
+    export_crop_network(net, path, CROP_SIZE, "offsets")
 
 
 # --- training ------------------------------------------------------------------------------

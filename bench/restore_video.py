@@ -279,6 +279,15 @@ def telea_true_mask(clip: MaskedClip, output: Path) -> Path:
 _Region = tuple[Mask, FloatArray]  # a face's restored crop-space mask and its inverse affine
 
 
+def _covered_regions(faces: list[AlignedFace], occlusions: list[Occlusion]) -> list[_Region]:
+    """The region (a copy) and crop -> frame affine of each face with something to restore."""
+    return [
+        (occ.mask_256.copy(), face.inverse_affine)
+        for face, occ in zip(faces, occlusions, strict=True)
+        if occ.mask_256.any()
+    ]
+
+
 class RecordingDetector:
     """An ``OcclusionModel`` passing ``MaskDetector``'s answers through unchanged while
     keeping, per call, the region of every face it asked to restore. It places covered
@@ -294,13 +303,7 @@ class RecordingDetector:
     ) -> list[Occlusion]:
         """The detector's occlusions; the covered ones are recorded."""
         occlusions = self._detector.predict(faces, track_ids)
-        self.calls.append(
-            [
-                (occ.mask_256.copy(), face.inverse_affine)
-                for face, occ in zip(faces, occlusions, strict=True)
-                if occ.mask_256.any()
-            ]
-        )
+        self.calls.append(_covered_regions(faces, occlusions))
         return occlusions
 
     def placement(self) -> Placement | None:
@@ -311,11 +314,7 @@ class RecordingDetector:
         """The detector's second pass on the placed crops of the latest call's covered faces
         (all of them, in order); their regions replace that call's record."""
         occlusions = self._detector.predict_placed(faces, track_ids)
-        self.calls[-1] = [
-            (occ.mask_256.copy(), face.inverse_affine)
-            for face, occ in zip(faces, occlusions, strict=True)
-            if occ.mask_256.any()
-        ]
+        self.calls[-1] = _covered_regions(faces, occlusions)
         return occlusions
 
     def reset(self) -> None:

@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
@@ -160,7 +160,7 @@ class MaskDetectOptions:
             raise ValueError("forget_after_frames, refresh_every and threads must be >= 1")
         if self.change_levels < 0:
             raise ValueError(f"change_levels must be >= 0, got {self.change_levels}")
-        if self.placement_from not in ("both", "crop", "mask"):
+        if self.placement_from not in get_args(PlacementSource):
             raise ValueError(f"placement_from must be both, crop or mask: {self.placement_from!r}")
 
 

@@ -420,6 +420,19 @@ def test_samples_are_seeded_and_follow_the_audio_policy(mixed: Path) -> None:
     )
     swapped = [other[i] for i, name in enumerate(other.identities()) if name >= "id05"]
     assert all(abs(float(s["speaker"].norm()) - 1.0) < 1e-5 for s in swapped)
+    mixed_policy = FaceVoiceDataset(
+        index, "train", speakers, replace(options, face_only_audio="mixed"), stage=2
+    )
+    norms: set[float] = set()
+    for epoch in range(4):
+        mixed_policy.set_epoch(epoch)
+        names = mixed_policy.identities()
+        norms |= {
+            round(float(mixed_policy[i]["speaker"].norm()), 4)
+            for i, n in enumerate(names)
+            if n >= "id05"
+        }
+    assert norms == {0.0, 1.0}  # both regimes are drawn for face-only people
     skip = FaceVoiceDataset(index, "train", speakers, replace(options, face_only_audio="skip"), 2)
     assert len(skip) == 9
     sample = stage1[0]

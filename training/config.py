@@ -49,7 +49,7 @@ LrSchedule = Literal["constant", "cosine"]
 """Stage 2's generator learning rate over the stage: ``constant``, or ``cosine`` from ``lr`` at
 step 0 to 0 at the last step (a function of the step alone, so a resume stays exact)."""
 
-FaceOnlyAudio = Literal["zero", "other_speaker", "skip"]
+FaceOnlyAudio = Literal["zero", "other_speaker", "mixed", "skip"]
 """What a stage-2 sample of an identity WITHOUT recorded speech gets as speaker input.
 
 ``zero``: the all-zero "no audio" input (a zero GE2E embedding, which stays zero after the
@@ -57,7 +57,9 @@ generator's L2 normalisation; a zero log-mel window for ``wen2019``, as the offi
 commented-out FFHQ pre-training did). The network learns a "no voice" regime and the
 evaluation's no-audio condition is in distribution. ``other_speaker``: a random segment of
 another speaker (teaches the network not to trust the voice blindly; dilutes the voice->face
-link). ``skip``: leave face-only crops out of training."""
+link). ``mixed``: each sample draws ``zero`` or ``other_speaker`` with equal probability, so
+the voice regime also sees the thousands of face-only people while the "no voice" regime
+stays in distribution. ``skip``: leave face-only crops out of training."""
 
 RESUMABLE_KEYS = frozenset(
     {

@@ -373,7 +373,8 @@ class FaceVoiceDataset(Dataset[Sample]):
         if own:
             return self.speakers.of(own[int(rng.integers(len(own)))]), True
         others = [i for i in self.split_audio if self.index.audio[i].identity != identity]
-        if self.options.face_only_audio == "other_speaker" and others:
+        policy = self.options.face_only_audio
+        if others and (policy == "other_speaker" or (policy == "mixed" and rng.random() < 0.5)):
             return self.speakers.of(others[int(rng.integers(len(others)))]), False
         return self.speakers.zero(), False
 

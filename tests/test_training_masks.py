@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import cv2
 import numpy as np
 import pytest
 
 from avinpaint.spec import CROP_SIZE, CROP_TEMPLATE_256, paper_hole_box
+from training.config import HoleKind
+from training.data import hole_generator
 from training.masks import (
     FACE_MASK_KINDS,
+    OVERHANG_UNITS,
     FaceMaskShape,
     FreeFormStrokes,
     HandBlob,
@@ -22,6 +26,7 @@ from training.masks import (
     ShapeKind,
     default_hole_mixture,
     default_occluder_mixture,
+    overhang_hole_mixture,
 )
 
 cv2.setNumThreads(1)
@@ -36,6 +41,7 @@ GENERATORS: dict[str, ShapeGenerator] = {
     "object": ObjectBlob(),
     "scribble": Scribble(),
     "hole_mixture": default_hole_mixture(),
+    "overhang_mixture": overhang_hole_mixture(),
     "occluder_mixture": default_occluder_mixture(),
 }
 
@@ -157,6 +163,54 @@ def test_face_masks_are_pushed_off_eyes_placed_unusually_low() -> None:
     eyes = _disk(points[0], 4) | _disk(points[1], 4)
     for seed in range(40):
         assert not generator(np.random.default_rng(seed))[eyes].any(), seed
+
+
+def _centre_x(mask: np.ndarray) -> float:
+    """Column of the mask's centroid (straps are thin and hardly move it)."""
+    return float(np.nonzero(mask)[1].mean())
+
+
+def test_overhanging_face_masks_move_sideways_and_still_clear_the_eyes() -> None:
+    # Face outline of the template, roughly: a frontal face is about two eye distances wide.
+    eye_distance = float(CROP_TEMPLATE_256[1, 0] - CROP_TEMPLATE_256[0, 0])
+    outline_x = (CROP_SIZE / 2 - eye_distance, CROP_SIZE / 2 + eye_distance)
+    overhanging = FaceMaskShape(overhang=OVERHANG_UNITS)
+    eyes = _disk(CROP_TEMPLATE_256[0], 6) | _disk(CROP_TEMPLATE_256[1], 6)
+    plain_shift, shifts, past_outline, sides = [], [], [], set()
+    for seed in SEEDS:
+        plain = FaceMaskShape()(np.random.default_rng(seed))
+        mask = overhanging(np.random.default_rng(seed))
+        assert not mask[eyes].any(), seed
+        assert mask[_pixel(CROP_TEMPLATE_256[2])] == 1.0, seed  # still over the nose tip
+        plain_shift.append(abs(_centre_x(plain) - CROP_SIZE / 2))
+        shift = _centre_x(mask) - CROP_SIZE / 2
+        shifts.append(abs(shift))
+        sides.add(shift > 0)
+        columns = np.flatnonzero(mask.any(axis=0))
+        past_outline.append(max(outline_x[0] - columns[0], columns[-1] - outline_x[1]))
+    assert sides == {True, False}  # both ways
+    assert np.median(plain_shift) < 0.1 * eye_distance
+    assert np.median(shifts) > 0.3 * eye_distance, np.median(shifts)
+    assert np.median(past_outline) > 0.3 * eye_distance, np.median(past_outline)
+
+
+def test_overhang_is_validated_and_off_by_default() -> None:
+    with pytest.raises(ValueError, match="overhang"):
+        FaceMaskShape(overhang=(0.5, 0.2))
+    with pytest.raises(ValueError, match="overhang"):
+        FaceMaskShape(overhang=(-0.1, 0.2))
+    # Off draws nothing extra: a seeded plain shape is what it always was.
+    for seed in range(10):
+        np.testing.assert_array_equal(
+            FaceMaskShape()(np.random.default_rng(seed)),
+            FaceMaskShape(overhang=(0.0, 0.0))(np.random.default_rng(seed)),
+        )
+
+
+def test_every_configured_hole_kind_has_a_generator() -> None:
+    for kind in get_args(HoleKind):
+        mask = hole_generator(kind)(np.random.default_rng(3))
+        assert mask.shape == (CROP_SIZE, CROP_SIZE) and 0.0 < mask.mean() < 1.0, kind
 
 
 def test_face_mask_styles_are_validated() -> None:

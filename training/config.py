@@ -41,9 +41,11 @@ from stream.errors import UsageError
 T = TypeVar("T")
 
 Device = Literal["auto", "cpu", "cuda"]
-HoleKind = Literal["mixture", "paper_box", "strokes", "face_mask"]
+HoleKind = Literal["mixture", "mixture_overhang", "paper_box", "strokes", "face_mask"]
 """Which hole generator of ``training.masks`` makes the training masks: ``mixture`` is
-``default_hole_mixture()`` (face masks, hands, objects, strokes, scribbles, some paper boxes)."""
+``default_hole_mixture()`` (face masks, hands, objects, strokes, scribbles, some paper boxes);
+``mixture_overhang`` the same with half of its face masks hanging past the face's outline
+(``overhang_hole_mixture()``: turned heads)."""
 
 LrSchedule = Literal["constant", "cosine"]
 """Stage 2's generator learning rate over the stage: ``constant``, or ``cosine`` from ``lr`` at

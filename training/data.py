@@ -60,6 +60,7 @@ from training.masks import (
     PaperBox,
     ShapeGenerator,
     default_hole_mixture,
+    overhang_hole_mixture,
 )
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ def hole_generator(kind: HoleKind) -> ShapeGenerator:
     """The hole generator a config names."""
     generators: dict[str, ShapeGenerator] = {
         "mixture": default_hole_mixture(),
+        "mixture_overhang": overhang_hole_mixture(),
         "paper_box": PaperBox(),
         "strokes": FreeFormStrokes(),
         "face_mask": FaceMaskShape(),

@@ -363,7 +363,14 @@ class FaceMaskShape:
     from the nose bridge to under the chin and cheek to cheek; then jittered (rotation about
     the nose tip, scale, shift, a yaw-like sideways bend of the centre line). If the outline
     would come within ``eye_margin`` units of an eye it is pushed down the face: masks never
-    cover the eyes."""
+    cover the eyes.
+
+    ``overhang``: (low, high) of an extra sideways shift, in units, to a random side (none
+    when high is 0, the default, which draws nothing extra so that seeded shapes stay as they
+    were). On a head turned from the camera the aligned crop squeezes the far cheek towards
+    the nose, and a mask that follows the face hangs past its outline over the background;
+    a frontal training face shows the same when its mask is moved sideways by about half an
+    eye distance."""
 
     styles: tuple[ShapeKind, ...] = FACE_MASK_KINDS
     max_rotation_deg: float = 8.0
@@ -372,12 +379,16 @@ class FaceMaskShape:
     max_yaw_bend: float = 0.15
     strap_probability: float = 0.5
     eye_margin: float = 0.15
+    overhang: tuple[float, float] = (0.0, 0.0)
     landmarks5: Landmarks = TEMPLATE_LANDMARKS
 
     def __post_init__(self) -> None:
         bad = [s for s in self.styles if s not in FACE_MASK_KINDS]
         if not self.styles or bad:
             raise ValueError(f"styles must be a non-empty subset of {FACE_MASK_KINDS}, got {bad}")
+        low, high = self.overhang
+        if not 0.0 <= low <= high:
+            raise ValueError(f"overhang must be 0 <= low <= high, got {self.overhang}")
 
     def sample(self, rng: np.random.Generator) -> ShapeSample:
         """A face mask as a shape."""
@@ -389,8 +400,11 @@ class FaceMaskShape:
         outline, folds, ridges, straps = (
             [_yaw_bend(p, bend) for p in group] for group in (outline, folds, ridges, straps)
         )
+        shift = rng.uniform(-self.max_shift, self.max_shift, size=2)
+        if self.overhang[1] > 0.0:
+            shift[0] += _uniform(rng, self.overhang) * (1.0 if rng.random() < 0.5 else -1.0)
         matrix = frame.local_affine(
-            rng.uniform(-self.max_shift, self.max_shift, size=2),
+            shift,
             math.radians(float(rng.uniform(-self.max_rotation_deg, self.max_rotation_deg))),
             _uniform(rng, self.scale),
         )
@@ -844,6 +858,25 @@ def default_hole_mixture() -> MaskMixture:
             (0.12, HandBlob()),
             (0.12, ObjectBlob()),
             (0.06, Scribble()),
+        )
+    )
+
+
+OVERHANG_UNITS = (0.2, 0.5)
+"""Sideways shift of an overhanging face mask (``FaceMaskShape.overhang``), eye distances."""
+
+
+def overhang_hole_mixture() -> MaskMixture:
+    """``default_hole_mixture`` with half of its face masks moved sideways past the face's
+    outline (``FaceMaskShape.overhang``): the fill learns that a hole's outer part may be
+    background, as under the mask of a turned head."""
+    face_masks = MaskMixture(
+        ((0.5, FaceMaskShape()), (0.5, FaceMaskShape(overhang=OVERHANG_UNITS)))
+    )
+    return MaskMixture(
+        tuple(
+            (weight, face_masks if isinstance(shape, FaceMaskShape) else shape)
+            for weight, shape in default_hole_mixture().entries
         )
     )
 

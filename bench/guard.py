@@ -207,7 +207,7 @@ def _model_fills(
                     flat[picked] = flat[picked[torch.randperm(count, generator=generator)]]
     preference = "onnxruntime" if weights == "shipped" else "torch"
     backend = select_backend(preference, model, BackendOptions(threads=1)).backend
-    with ModelInpainter(backend, blend=blend, guard=None) as inpainter:
+    with ModelInpainter(backend, blend="always" if blend else "never", guard=None) as inpainter:
         fills: list[Image] = []
         for start in range(0, len(crops), 8):
             batch = inpainter.inpaint(crops[start : start + 8], masks[start : start + 8])

@@ -24,10 +24,16 @@ is under the hole (an occluder in use; the ground truth in an evaluation): it is
 diffusion of the visible pixels, which reads no hole pixel. The price: a sharp edge that
 crosses that rim (a jaw line, a collar) loses its step there, and a hole that reaches the
 crop's edge takes its level there from the guide's guess. On held-out faces with mask-shaped
-holes the blend still gains 1.5 dB PSNR and 0.027 SSIM (docs/MODEL_CARD_lite.md).
+holes the blend gained 1.5 dB PSNR and 0.027 SSIM on the lite of early December 2026
+(docs/MODEL_CARD_lite.md). The lite trained since meets the visible face at the hole's edge
+by itself, and the blend's level, taken from whatever surrounds the hole, tints a lower face
+over a blue shirt or a green background: avstream now blends only a fill the guard fails
+(``BlendMode`` ``auto``, ``stream.model_inpainter.finish_fill``).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -41,6 +47,12 @@ try:  # optional: numpy's FFT does the same, slower on the odd lengths a hole's 
     import scipy.fft as _scipy_fft
 except ImportError:  # pragma: no cover - depends on the environment
     _scipy_fft = None
+
+BlendMode = Literal["auto", "always", "never"]
+"""How a network fill becomes the face shown (``stream.model_inpainter.finish_fill``): as
+drawn unless the fill guard fails it, then blended (``auto``); always blended; never."""
+
+BLEND_MODES: tuple[BlendMode, ...] = ("auto", "always", "never")
 
 GUIDE_RADIUS_PX = 3.0
 """Telea neighbourhood of the guide, in crop pixels: it only has to be smooth and continuous at

@@ -548,7 +548,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             precision=args.precision,
             max_batch=args.max_batch,
             engine_cache=args.engine_cache,
-            no_blend=args.no_blend,
+            blend=args.blend,
             no_guard=args.no_guard,
         )
         open_model = functools.partial(open_model_inpainter, model_args, args.model_threads)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from engines.cache import EngineCache, default_cache_dir
+from stream.blend import BLEND_MODES
 from stream.errors import AvstreamError, UsageError
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ BACKEND_CHOICES: tuple[str, ...] = (
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--backend``, ``--no-blend``, ``--no-guard``, ``--precision``,
+    """``--model``, ``--backend``, ``--blend`` (``--no-blend``), ``--no-guard``, ``--precision``,
     ``--max-batch``, ``--engine-cache``."""
     group = parser.add_argument_group("model and backend")
     group.add_argument(
@@ -55,10 +56,20 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         "order and logs why each is skipped (-v) (default: auto)",
     )
     group.add_argument(
+        "--blend",
+        choices=BLEND_MODES,
+        default="auto",
+        help="how the network's fill meets the visible face: auto shows it as drawn unless "
+        "the fill guard fails it, then Poisson-blends it; always blends every fill (the "
+        "blend takes the surrounding colour, which tints a face over a coloured shirt or "
+        "background); never composites it as drawn (default: auto)",
+    )
+    group.add_argument(
         "--no-blend",
-        action="store_true",
-        help="composite the network's fill as is, without Poisson-blending it into the "
-        "visible face (faster; shows the fill's colour cast and seam)",
+        action="store_const",
+        const="never",
+        dest="blend",
+        help="the same as --blend never",
     )
     group.add_argument(
         "--no-guard",
@@ -126,7 +137,7 @@ def open_model_inpainter(args: argparse.Namespace, threads: int = 0) -> ModelInp
         raise AvstreamError(str(exc)) from exc
     guard = None if args.no_guard else DEFAULT_GUARD
     return ModelInpainter(
-        selection.backend, max_batch=options.max_batch, blend=not args.no_blend, guard=guard
+        selection.backend, max_batch=options.max_batch, blend=args.blend, guard=guard
     )
 
 

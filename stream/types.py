@@ -92,10 +92,12 @@ class InpaintResult:
     """A restored aligned crop, the backend that made it, and how long it took.
 
     ``guard``: the fill guard's verdict on the backend's fill (None where no guard ran);
-    ``fallback``: the guard failed it and ``face_256`` is the safe fill instead."""
+    ``fallback``: the guard failed it and ``face_256`` is the safe fill instead;
+    ``blended``: ``face_256`` is the fill Poisson-blended into the visible face."""
 
     face_256: Image
     backend: str
     latency_ms: float
     guard: GuardVerdict | None = None
     fallback: bool = False
+    blended: bool = False

@@ -172,14 +172,22 @@ def test_blend_is_the_poisson_blend_of_the_network_composite(lite_model: Generat
     crops = _crops(2, seed=3)
     mask = box_mask((40, 120, 170, 120))
     # The guard off: an untrained network's fill of random crops is what it would replace.
-    with ModelInpainter(TorchBackend(lite_model), blend=False, guard=None) as raw:
+    with ModelInpainter(TorchBackend(lite_model), blend="never", guard=None) as raw:
         plain = raw.inpaint(crops, [mask, mask])
-    with ModelInpainter(TorchBackend(lite_model), guard=None) as blended:
+    with ModelInpainter(TorchBackend(lite_model), blend="always", guard=None) as blended:
         results = blended.inpaint(crops, [mask, mask])
-    for result, composite, crop in zip(results, plain, crops, strict=True):
+    with ModelInpainter(TorchBackend(lite_model), guard=None) as auto:
+        unjudged = auto.inpaint(crops, [mask, mask])
+    for result, composite, crop, drawn in zip(results, plain, crops, unjudged, strict=True):
         expected = poisson_blend(composite.face_256, crop, mask)
         np.testing.assert_array_equal(result.face_256, expected)
+        assert result.blended and not composite.blended
         assert not np.array_equal(result.face_256, composite.face_256)
+        # auto without a guard has nothing to judge by: the fill as drawn.
+        np.testing.assert_array_equal(drawn.face_256, composite.face_256)
+        assert not drawn.blended
+    with pytest.raises(ValueError, match="blend"):
+        ModelInpainter(TorchBackend(lite_model), blend="sometimes")  # type: ignore[arg-type]
 
 
 class Recording:

@@ -15,10 +15,11 @@ from test_engines_model_inpainter import LITE, CountingBackend
 
 from engines.backends import Array, InpaintArrays, SpeakerArrays
 from stream.align import align_face
+from stream.blend import poisson_blend
 from stream.detect import FaceDetector
 from stream.engines_cli import open_model_inpainter, parse_backend_arguments
-from stream.guard import GuardOptions, check_fill, safe_fill
-from stream.model_inpainter import ModelInpainter
+from stream.guard import DEFAULT_GUARD, GuardOptions, check_fill, safe_fill
+from stream.model_inpainter import ModelInpainter, finish_fill
 from stream.occlusion import FixedRegion
 from stream.pipeline import ProcessOptions, process_file
 from stream.region import box_mask
@@ -119,11 +120,11 @@ class DarkBackend(CountingBackend):
 def test_model_inpainter_falls_back_to_the_safe_fill(face: Image) -> None:
     mask = box_mask(MASK_BOX)
     crop = _covered(face, mask)
-    with ModelInpainter(DarkBackend(), blend=False) as guarded:
+    with ModelInpainter(DarkBackend(), blend="never") as guarded:
         [result] = guarded.inpaint([crop], [mask])
     assert result.guard is not None and not result.guard.passed and result.fallback
     np.testing.assert_array_equal(result.face_256, safe_fill(crop, mask))
-    with ModelInpainter(DarkBackend(), blend=False, guard=None) as unguarded:
+    with ModelInpainter(DarkBackend(), blend="never", guard=None) as unguarded:
         [raw] = unguarded.inpaint([crop], [mask])
     assert raw.guard is None and not raw.fallback
     assert raw.face_256[mask > 0.5].max() < 40  # the broken fill, shown as drawn
@@ -132,11 +133,76 @@ def test_model_inpainter_falls_back_to_the_safe_fill(face: Image) -> None:
 def test_a_good_fill_is_kept(face: Image) -> None:
     mask = box_mask(MASK_BOX)
     crops = [face, np.asarray(cv2.flip(face, 1), np.uint8)]  # the backend draws them back
-    with ModelInpainter(CountingBackend(LITE), blend=False) as inpainter:
+    with ModelInpainter(CountingBackend(LITE), blend="never") as inpainter:
         results = inpainter.inpaint(crops, [mask, mask])
     for result, crop in zip(results, crops, strict=True):
         assert result.guard is not None and result.guard.passed and not result.fallback
         np.testing.assert_array_equal(result.face_256, crop)  # the backend's fill, untouched
+
+
+def _tinted(face: Image, mask: Mask, b_levels: float) -> Image:
+    """``face`` with its hole shifted along Lab's b axis: a fill with a colour cast."""
+    lab = cv2.cvtColor(face, cv2.COLOR_BGR2Lab).astype(np.float32)
+    lab[..., 2] += b_levels
+    bgr = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_Lab2BGR)
+    return _paste(face, np.asarray(bgr, np.uint8), mask)
+
+
+def test_auto_blend_keeps_a_good_fill_as_drawn(face: Image) -> None:
+    mask = box_mask(MASK_BOX)
+    crop = _covered(face, mask)
+    done = finish_fill(face, crop, mask, "auto", DEFAULT_GUARD)
+    assert done.verdict is not None and done.verdict.passed
+    assert not done.blended and not done.fallback
+    np.testing.assert_array_equal(done.face, face)
+    always = finish_fill(face, crop, mask, "always", DEFAULT_GUARD)
+    assert always.blended and not always.fallback
+    np.testing.assert_array_equal(always.face, poisson_blend(face, crop, mask))
+
+
+def test_auto_blend_blends_a_cast_the_guard_fails(face: Image) -> None:
+    # A tinted fill: failed as drawn, and the blend takes its level from the skin around.
+    mask = box_mask(MASK_BOX)
+    crop = _covered(face, mask)
+    tinted = _tinted(face, mask, 22.0)
+    assert not check_fill(crop, mask, tinted).passed
+    done = finish_fill(tinted, crop, mask, "auto", DEFAULT_GUARD)
+    assert done.blended and not done.fallback
+    assert done.verdict is not None and done.verdict.passed
+    np.testing.assert_array_equal(done.face, poisson_blend(tinted, crop, mask))
+    # never: the same fill falls back to the safe fill.
+    never = finish_fill(tinted, crop, mask, "never", DEFAULT_GUARD)
+    assert never.fallback and not never.blended
+    np.testing.assert_array_equal(never.face, safe_fill(crop, mask))
+
+
+def test_auto_blend_falls_back_when_the_blend_fails_too(face: Image) -> None:
+    mask = box_mask(MASK_BOX)
+    crop = _covered(face, mask)
+    noise = np.random.default_rng(0).integers(0, 256, face.shape, dtype=np.uint8)
+    done = finish_fill(_paste(face, noise, mask), crop, mask, "auto", DEFAULT_GUARD)
+    assert done.fallback and done.verdict is not None and not done.verdict.passed
+    np.testing.assert_array_equal(done.face, safe_fill(crop, mask))
+    with pytest.raises(ValueError, match="blend mode"):
+        finish_fill(face, crop, mask, "sometimes", DEFAULT_GUARD)  # type: ignore[arg-type]
+
+
+def test_blend_option_reaches_the_inpainter(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[dict[str, Any]] = []
+
+    class Spy(ModelInpainter):
+        def __init__(self, backend: Any, **kwargs: Any) -> None:
+            made.append(kwargs)
+
+    class Selection:
+        backend = CountingBackend()
+
+    monkeypatch.setattr("stream.model_inpainter.ModelInpainter", Spy)
+    monkeypatch.setattr("engines.backends.select_backend", lambda *a, **k: Selection())
+    monkeypatch.setattr("stream.engines_cli._load_model", lambda name: None)
+    for argv in ([], ["--blend", "always"], ["--blend", "never"], ["--no-blend"]):
+        open_model_inpainter(parse_backend_arguments(argv))
+    assert [m["blend"] for m in made] == ["auto", "always", "never", "never"]
 
 
 def test_no_guard_option_turns_the_guard_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,11 +227,11 @@ def test_the_pipeline_counts_guarded_and_replaced_fills(make_clip: Any, tmp_path
     clip: ClipTruth = make_clip("guard_1s.mp4", duration_s=1.0, audio=False)
     region = FixedRegion(box_mask(MASK_BOX))
     options = ProcessOptions(reuse=None)
-    with ModelInpainter(DarkBackend(), blend=False) as guarded:
+    with ModelInpainter(DarkBackend(), blend="never") as guarded:
         report = process_file(clip.path, tmp_path / "guarded.mp4", guarded, region, options)
     assert report.faces_restored > 0
     assert report.faces_guarded == report.faces_fell_back == report.faces_restored
-    with ModelInpainter(DarkBackend(), blend=False, guard=None) as unguarded:
+    with ModelInpainter(DarkBackend(), blend="never", guard=None) as unguarded:
         off = process_file(clip.path, tmp_path / "off.mp4", unguarded, region, options)
     assert off.faces_restored == report.faces_restored
     assert off.faces_guarded == off.faces_fell_back == 0

@@ -304,7 +304,7 @@ def test_serve_in_process_opens_and_closes_its_model(
         precision="auto",
         max_batch=2,
         engine_cache=lite_cache,
-        no_blend=False,
+        blend="auto",
         no_guard=False,
     )
     opened: list[ModelInpainter] = []

@@ -288,10 +288,19 @@ def _add_eval(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="dlib descriptor and landmark metrics (auto: when the eval extra is installed)",
     )
     p.add_argument(
-        "--no-blend",
+        "--blend",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="how each fill is finished, as avstream's --blend: auto (as drawn unless the "
+        "fill guard fails it, then Poisson-blended), always, never (default: auto)",
+    )
+    p.add_argument(
+        "--no-blend", action="store_const", const="never", dest="blend", help="--blend never"
+    )
+    p.add_argument(
+        "--no-guard",
         action="store_true",
-        help="score the network's composite as is, without the Poisson blending that "
-        "avstream applies to the model's fills",
+        help="score every fill as finished, without the fill guard's safe fallback",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -316,7 +325,8 @@ def _run_eval(args: argparse.Namespace) -> int:
             dlib=args.dlib,
             device=args.device,
             progress=not args.no_progress,
-            blend=not args.no_blend,
+            blend=args.blend,
+            guard=not args.no_guard,
         )
     )
     print(

@@ -40,9 +40,11 @@ from tqdm import tqdm
 
 from avinpaint.checkpoint import load as load_generator
 from avinpaint.model import Generator
-from stream.blend import poisson_blend
+from stream.blend import BlendMode
 from stream.errors import UsageError
+from stream.guard import DEFAULT_GUARD
 from stream.inpaint import OpenCVInpainter
+from stream.model_inpainter import finish_fill
 from training.config import HoleKind
 from training.data import (
     DatasetIndex,
@@ -102,8 +104,11 @@ class EvalOptions:
 
     ``model`` is a generator checkpoint path (or a shipped preset name); ``max_faces`` 0
     takes every face, otherwise faces are taken round-robin over identities; ``dlib`` "auto"
-    uses the ``eval`` extra when it is installed; ``blend`` Poisson-blends the model's fills
-    as the video pipeline does (``stream.blend``; off: the network's composite as is)."""
+    uses the ``eval`` extra when it is installed; ``blend`` and ``guard`` finish the model's
+    fills as the video pipeline does (``stream.model_inpainter.finish_fill``: ``auto`` keeps
+    a fill as drawn unless the fill guard fails it, then Poisson-blends it; ``guard`` off
+    scores every fill as finished, with no safe fallback). Before 2026-12-05 (9th session)
+    every fill was blended and none guarded: ``blend="always", guard=False``."""
 
     dataset: Path
     model: str
@@ -117,7 +122,8 @@ class EvalOptions:
     dlib: Literal["auto", "on", "off"] = "auto"
     device: str = "cpu"
     progress: bool = True
-    blend: bool = True
+    blend: BlendMode = "auto"
+    guard: bool = True
 
 
 @dataclass(frozen=True)
@@ -202,17 +208,19 @@ def _run_model(
     masks: Sequence[Mask],
     speaker: npt.NDArray[np.float32],
     device: torch.device,
-    blend: bool,
+    blend: BlendMode,
+    guard: bool,
 ) -> list[ImageU8]:
     face = torch.stack([bgr_to_tensor(c) for c in crops]).to(device)
     mask = torch.from_numpy(np.stack(masks)[:, None]).to(device)
     with torch.no_grad():
         out = model(face, mask, torch.from_numpy(speaker).to(device))
     fills = list(tensor_to_bgr(out.inpainted))
-    if not blend:
-        return fills
-    # poisson_blend never reads the crop's hole pixels (here the ground truth).
-    return [poisson_blend(f, c, m) for f, c, m in zip(fills, crops, masks, strict=True)]
+    judge = DEFAULT_GUARD if guard else None
+    # Neither the blend nor the guard reads the crop's hole pixels (here the ground truth).
+    return [
+        finish_fill(f, c, m, blend, judge).face for f, c, m in zip(fills, crops, masks, strict=True)
+    ]
 
 
 def restore_all(
@@ -243,7 +251,9 @@ def restore_all(
             "ours_no_audio": np.stack([speakers.zero() for _ in chunk]),
         }
         for name, speaker in inputs.items():
-            results[name].extend(_run_model(model, crops, masks, speaker, device, options.blend))
+            results[name].extend(
+                _run_model(model, crops, masks, speaker, device, options.blend, options.guard)
+            )
         bar.update(len(chunk))
     bar.close()
     return results

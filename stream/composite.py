@@ -28,8 +28,9 @@ FEATHER_PX = 0.0
 with Telea through ``--mask-detect`` on eight real LRS3, MEAD and PC-AVS clips
 (``bench.restore_video``): a 2 px inner ramp lowered PSNR in the mask region on every clip
 (0.16-1.1 dB) against a hard edge, since the ramp mixes the occluder's own pixels back in at
-the hole's rim, and the fills (Telea; the model's, Poisson-blended) are already continuous
-with the visible skin there."""
+the hole's rim, and the fills (Telea; the model's, then Poisson-blended, now drawn so by the
+network itself or blended where the guard fails it) are already continuous with the visible
+skin there."""
 
 
 def inpaint_hole(mask_256: Mask, context_px: int) -> Mask:

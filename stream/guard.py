@@ -25,6 +25,9 @@ so the level scores compare with the nearer of the two references:
 - ``outside_change``: mean change of the fill just outside the hole, where a working network
   changes nothing: an overflowing network (NaN, written as black everywhere).
 
+The pipeline judges the network's fill as drawn first and its Poisson blend only when that
+fails (``stream.model_inpainter.finish_fill``, ``--blend auto``).
+
 A fill passes when every score is at or under its limit in ``GuardOptions``. A hole with too
 little of it inside the face, or without enough visible face around it, is not judged
 (passes; the reason says so).

@@ -281,6 +281,24 @@ def _container_format_for(path: Path) -> str | None:
     return {".mkv": "matroska", ".m4v": "mp4"}.get(path.suffix.lower())
 
 
+def _container_options(time_base: Fraction) -> dict[str, str]:
+    """Muxer options that keep the input's timestamps exactly.
+
+    ``avoid_negative_ts``: by default Matroska shifts everything later by the B-frame delay
+    to avoid negative decode timestamps. ``movie_timescale``: MP4 and MOV write the edit list
+    (where the first frame starts) in the movie's timescale, 1000 by default, so a first
+    frame at a time that is no whole millisecond (a clip cut from the middle of a file, 1/15824
+    s ticks) came back up to half a millisecond early; in the stream's own timescale it is
+    exact."""
+    options = {"avoid_negative_ts": "disabled"}
+    if 0 < time_base.denominator <= _MAX_MOVIE_TIMESCALE and time_base.numerator == 1:
+        options["movie_timescale"] = str(time_base.denominator)
+    return options
+
+
+_MAX_MOVIE_TIMESCALE = 2**31 - 1
+
+
 class VideoWriter:
     """Encode frames to H.264 and interleave the input's audio packets into the output.
 
@@ -302,9 +320,7 @@ class VideoWriter:
                 str(path),
                 mode="w",
                 format=_container_format_for(path),
-                # Keep the input's timestamps: by default Matroska shifts everything later
-                # by the B-frame delay to avoid negative decode timestamps.
-                container_options={"avoid_negative_ts": "disabled"},
+                container_options=_container_options(source.time_base),
             )
         except av.error.FFmpegError as exc:
             raise OutputError(f"cannot create {path}: {exc}") from exc

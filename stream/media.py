@@ -281,6 +281,10 @@ def _container_format_for(path: Path) -> str | None:
     return {".mkv": "matroska", ".m4v": "mp4"}.get(path.suffix.lower())
 
 
+_MAX_MOVIE_TIMESCALE = 2**31 - 1
+"""The largest timescale an MP4 header holds (a signed 32-bit field)."""
+
+
 def _container_options(time_base: Fraction) -> dict[str, str]:
     """Muxer options that keep the input's timestamps exactly.
 
@@ -294,9 +298,6 @@ def _container_options(time_base: Fraction) -> dict[str, str]:
     if 0 < time_base.denominator <= _MAX_MOVIE_TIMESCALE and time_base.numerator == 1:
         options["movie_timescale"] = str(time_base.denominator)
     return options
-
-
-_MAX_MOVIE_TIMESCALE = 2**31 - 1
 
 
 class VideoWriter:

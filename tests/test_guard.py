@@ -187,7 +187,10 @@ def test_auto_blend_falls_back_when_the_blend_fails_too(face: Image) -> None:
         finish_fill(face, crop, mask, "sometimes", DEFAULT_GUARD)  # type: ignore[arg-type]
 
 
-def test_blend_option_reaches_the_inpainter(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def inpainter_kwargs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The keyword arguments of every ``ModelInpainter`` that ``open_model_inpainter`` makes
+    from then on (no model is loaded, no backend opened)."""
     made: list[dict[str, Any]] = []
 
     class Spy(ModelInpainter):
@@ -200,24 +203,18 @@ def test_blend_option_reaches_the_inpainter(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr("stream.model_inpainter.ModelInpainter", Spy)
     monkeypatch.setattr("engines.backends.select_backend", lambda *a, **k: Selection())
     monkeypatch.setattr("stream.engines_cli._load_model", lambda name: None)
+    return made
+
+
+def test_blend_option_reaches_the_inpainter(inpainter_kwargs: list[dict[str, Any]]) -> None:
+    made = inpainter_kwargs
     for argv in ([], ["--blend", "always"], ["--blend", "never"], ["--no-blend"]):
         open_model_inpainter(parse_backend_arguments(argv))
     assert [m["blend"] for m in made] == ["auto", "always", "never", "never"]
 
 
-def test_no_guard_option_turns_the_guard_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    made: list[dict[str, Any]] = []
-
-    class Spy(ModelInpainter):
-        def __init__(self, backend: Any, **kwargs: Any) -> None:
-            made.append(kwargs)
-
-    class Selection:
-        backend = CountingBackend()
-
-    monkeypatch.setattr("stream.model_inpainter.ModelInpainter", Spy)
-    monkeypatch.setattr("engines.backends.select_backend", lambda *a, **k: Selection())
-    monkeypatch.setattr("stream.engines_cli._load_model", lambda name: None)
+def test_no_guard_option_turns_the_guard_off(inpainter_kwargs: list[dict[str, Any]]) -> None:
+    made = inpainter_kwargs
     open_model_inpainter(parse_backend_arguments([]))
     open_model_inpainter(parse_backend_arguments(["--no-guard"]))
     assert made[0]["guard"] == GuardOptions() and made[1]["guard"] is None

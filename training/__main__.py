@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from avinpaint.checkpoint import CheckpointError
+from stream.blend import BLEND_MODES
 from stream.errors import AvstreamError, UsageError
 from training.prepare import (
     IdentityOptions,
@@ -289,7 +290,7 @@ def _add_eval(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     p.add_argument(
         "--blend",
-        choices=["auto", "always", "never"],
+        choices=BLEND_MODES,
         default="auto",
         help="how each fill is finished, as avstream's --blend: auto (as drawn unless the "
         "fill guard fails it, then Poisson-blended), always, never (default: auto)",

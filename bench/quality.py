@@ -98,6 +98,7 @@ from stream.inpaint import Inpainter, OpenCVInpainter
 from stream.mask_detect import MaskDetectOptions, PlacementSource, face_region
 from stream.media import VideoReader, probe
 from stream.model_inpainter import ModelInpainter
+from stream.past_crop import PastCropOptions
 from stream.types import Image, InpaintResult, Mask
 from training.masks import FACE_MASK_KINDS, FaceMaskShape, HandBlob, ShapeGenerator
 from training.metrics import DlibFace, dlib_available
@@ -853,7 +854,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tiles: dict[str, dict[str, Image]] = {}
     started = time.perf_counter()
     with _open_model(args) as model:
-        detect = MaskDetectOptions(weights=args.mask_weights, placement_from=args.placement_from)
+        detect = MaskDetectOptions(
+            weights=args.mask_weights,
+            placement_from=args.placement_from,
+            past_crop=past_crop_options(args.past_crop),
+        )
         restorer = Restorer(tuple(args.conditions), model, work, detect)
         for clip in clips:
             partner = pick_partner(clip, clips)
@@ -930,9 +935,33 @@ def build_parser() -> argparse.ArgumentParser:
         default="both",
         help="how --mask-detect places covered faces (MaskDetectOptions.placement_from)",
     )
+    parser.add_argument(
+        "--past-crop",
+        nargs="*",
+        metavar="KEY=VALUE",
+        default=[],
+        help="PastCropOptions fields to change (e.g. reach=0.4), or 'off' "
+        "(avstream process --no-past-crop)",
+    )
     parser.add_argument("--dlib-every", type=int, default=10, help="dlib on every Nth frame")
     parser.add_argument("--keep", action="store_true", help="keep the mp4 files in -o DIR")
     return parser
+
+
+def past_crop_options(assignments: Sequence[str]) -> PastCropOptions | None:
+    """``--past-crop``: the default options, ``off`` (None), or fields set to numbers."""
+    if list(assignments) == ["off"]:
+        return None
+    options = PastCropOptions()
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        current = getattr(options, key, None)
+        if current is None or not value:
+            raise SystemExit(
+                f"--past-crop: expected KEY=VALUE of PastCropOptions, got {assignment!r}"
+            )
+        options = dataclasses.replace(options, **{key: type(current)(value)})
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -95,6 +96,13 @@ def _add_region_options(parser: argparse.ArgumentParser) -> None:
         help="take the segmenter's map as it is (covered above 0.5) instead of moving the "
         "region's edges onto the edges the crop shows (the default finds more of the "
         "occluder's rim at the same precision; detection only)",
+    )
+    parser.add_argument(
+        "--no-past-crop",
+        action="store_true",
+        help="restore only inside each face's crop, even where the detected occluder runs "
+        "past the crop's edge (a hand past the cheek, a mask below a turned head's crop); "
+        "by default its part outside is followed by colour and filled (detection only)",
     )
 
 
@@ -601,6 +609,8 @@ def occlusion_model(args: argparse.Namespace) -> OcclusionModel:
             raise UsageError("--mask-dilate-px applies to detection, not to a fixed region")
         if args.mask_plain_edges:
             raise UsageError("--mask-plain-edges applies to detection, not to a fixed region")
+        if args.no_past_crop:
+            raise UsageError("--no-past-crop applies to detection, not to a fixed region")
         return FixedRegion(_fixed_region_mask(args))
     from stream.mask_detect import MaskDetectOptions, MaskDetector
 
@@ -616,6 +626,8 @@ def occlusion_model(args: argparse.Namespace) -> OcclusionModel:
         raise UsageError(f"--mask-dilate-px must be within 0..64, got {dilate}")
     guide = 0 if args.mask_plain_edges else MaskDetectOptions.guide_radius_px
     options = MaskDetectOptions(covered_fraction=fraction, dilate_px=dilate, guide_radius_px=guide)
+    if args.no_past_crop:
+        options = dataclasses.replace(options, past_crop=None)
     # Raises AvstreamError (exit 1) when the package was installed without its weights.
     return MaskDetector(options)
 

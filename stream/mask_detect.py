@@ -44,6 +44,7 @@ from stream.align import (
 )
 from stream.errors import AvstreamError
 from stream.ort_cpu import cpu_session
+from stream.past_crop import PastCropOptions
 from stream.types import AlignedFace, FloatArray, Mask, Occlusion
 
 Backend = Literal["onnxruntime", "torch"]
@@ -140,6 +141,7 @@ class MaskDetectOptions:
     backend: Backend = "onnxruntime"
     weights: Path | None = None
     threads: int = 1
+    past_crop: PastCropOptions | None = field(default_factory=PastCropOptions)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.pixel_threshold < 1.0:
@@ -267,7 +269,9 @@ class MaskDetector:
         previous call's by position."""
         ids = self._matcher.assign(faces) if track_ids is None else track_ids
         return [
-            Occlusion(c.mask_256, c.coverage_fraction, self.options.context_px)
+            Occlusion(
+                c.mask_256, c.coverage_fraction, self.options.context_px, self.options.past_crop
+            )
             for c in self.analyse(faces, ids)
         ]
 

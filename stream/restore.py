@@ -16,6 +16,7 @@ from stream.composite import FrameRegion, composite_region, feather, inpaint_hol
 from stream.detect import DetectorOptions, FaceDetector
 from stream.inpaint import Inpainter
 from stream.occlusion import OcclusionModel, PlacesCovered
+from stream.past_crop import fill_past_crop, merge_regions, past_crop_region
 from stream.track import FaceTracker, TrackerOptions
 from stream.types import AlignedFace, Image, InpaintResult, Mask, Occlusion, VideoFrame
 
@@ -397,7 +398,13 @@ def composite_frame(
                 face_256=shown, backend=f"{inpainted.inpainter_name}+reuse", latency_ms=0
             )
         weight = feather(occ.mask_256, feather_px)
-        image, region = composite_region(image, shown, weight, face.aligned.inverse_affine)
+        inverse = face.aligned.inverse_affine
+        image, region = composite_region(image, shown, weight, inverse)
+        if occ.past_crop is not None:
+            past = past_crop_region(work.frame.image, weight > 0, inverse, occ.past_crop)
+            if past is not None:
+                image = fill_past_crop(image, past, occ.past_crop.fill_radius_px)
+                region = merge_regions(region, past)
         restored.append(
             RestoredFace(
                 track_id=face.track_id, box=face.box, occlusion=occ, result=result, region=region

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 if TYPE_CHECKING:
     from stream.guard import GuardVerdict
+    from stream.past_crop import PastCropOptions
 
 Image = npt.NDArray[np.uint8]
 FloatArray = npt.NDArray[np.float64]
@@ -80,11 +81,14 @@ class Occlusion:
 
     ``context_px``: how far beyond the region the inpainter should treat pixels as unknown
     too (crop pixels), for a region whose edge may still hold some of the occluder (a
-    segmenter's); only the region itself is ever composited. 0 for a region given exactly."""
+    segmenter's); only the region itself is ever composited. 0 for a region given exactly.
+    ``past_crop``: follow the occluder past the crop's edge in the frame and fill it there
+    too (``stream.past_crop``; None for a region given exactly, which is all there is)."""
 
     mask_256: Mask
     score: float
     context_px: int = 0
+    past_crop: PastCropOptions | None = None
 
 
 @dataclass(frozen=True, eq=False)

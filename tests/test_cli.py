@@ -343,3 +343,19 @@ def test_mask_plain_edges_turns_the_edge_guide_off(flag: list[str], radius: int)
     model = occlusion_model(args)
     assert isinstance(model, MaskDetector)
     assert model.options.guide_radius_px == radius
+
+
+@pytest.mark.parametrize(("flag", "follows"), [([], True), (["--no-past-crop"], False)])
+def test_no_past_crop_keeps_the_region_inside_the_crop(flag: list[str], follows: bool) -> None:
+    from stream.cli import build_parser, occlusion_model
+    from stream.errors import UsageError
+    from stream.mask_detect import MaskDetector
+
+    args = build_parser().parse_args(["process", "in.mp4", "-o", "o.mp4", *flag])
+    model = occlusion_model(args)
+    assert isinstance(model, MaskDetector)
+    assert (model.options.past_crop is not None) == follows
+    fixed = build_parser().parse_args(["process", "in.mp4", "-o", "o.mp4", "--mask-box", *flag])
+    if flag:
+        with pytest.raises(UsageError, match="--no-past-crop"):
+            occlusion_model(fixed)

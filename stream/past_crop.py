@@ -38,23 +38,31 @@ _EDGE_BAND_PX = 2
 class PastCropOptions:
     """How far and how readily an occluder is followed past the crop (``past_crop_region``).
 
-    ``reach``: farthest a frame pixel may lie past the crop's footprint, in crop sides
-    (times the crop's side in frame pixels). ``min_cut_px``: region pixels in the crop's
-    2 px border band needed to look past it at all. ``sample_px``: depth inside the crop's
-    edge, crop pixels, from which the occluder's and the visible colours are sampled.
-    ``clusters``: colours per side. ``spread``: a pixel must lie within this many times the
-    occluder samples' 90th-percentile distance to their own colours (at least
-    ``min_distance`` Lab levels). ``max_ratio``: the part past the crop may be at most this
-    many times the region's frame area inside the crop. ``fill_radius_px``: Telea's
-    radius, frame pixels."""
+    ``reach``: farthest a frame pixel may lie past the crop's footprint, in crop sides.
+    ``min_cut_px``: region pixels in the crop's 2 px border band needed to look past it at
+    all. ``min_width``: the region must be at least this wide (crop sides) where it meets
+    the crop's edge. ``slack``: how far sideways of the cut (crop sides) the part may spread.
+    ``sample_px``: depth inside the crop's edge, crop pixels, from which the occluder's and
+    the visible colours are sampled. ``clusters``: colours per side. ``spread``: a pixel
+    must lie within this many times the occluder samples' 90th-percentile distance to their
+    own colours (at least ``min_distance`` Lab levels). ``margin``: and its distance to the
+    occluder's colours must be under this fraction of its distance to the other colours.
+    ``max_ratio``: the part may be at most this many times the region's frame area inside
+    the crop. ``grow_px``: the part is grown by this many frame pixels past the crop (never
+    into it), for the occluder's anti-aliased rim, whose mixed colours the colour test
+    leaves out. ``fill_radius_px``: Telea's radius, frame pixels."""
 
     reach: float = 0.3
     min_cut_px: int = 6
     sample_px: float = 24.0
     clusters: int = 4
-    spread: float = 1.5
+    spread: float = 1.0
     min_distance: float = 8.0
     max_ratio: float = 1.0
+    margin: float = 0.6
+    min_width: float = 0.1
+    slack: float = 0.03
+    grow_px: int = 0
     fill_radius_px: int = 3
 
     def __post_init__(self) -> None:
@@ -62,6 +70,8 @@ class PastCropOptions:
             raise ValueError("reach, sample_px, spread and max_ratio must be > 0")
         if self.min_cut_px < 1 or self.clusters < 1 or self.fill_radius_px < 1:
             raise ValueError("min_cut_px, clusters and fill_radius_px must be >= 1")
+        if self.grow_px < 0 or self.slack < 0 or self.min_width < 0:
+            raise ValueError("grow_px, slack and min_width must be >= 0")
 
 
 def past_crop_region(
@@ -95,34 +105,67 @@ def past_crop_region(
         return None
     # Distances in frame pixels: of an outside pixel to the footprint, of an inside pixel to
     # the outside.
-    past = cv2.distanceTransform(outside.view(np.uint8), cv2.DIST_L2, 3)
-    depth = cv2.distanceTransform(footprint.view(np.uint8), cv2.DIST_L2, 3)
-    lab = cv2.cvtColor(np.ascontiguousarray(frame[y0:y1, x0:x1]), cv2.COLOR_BGR2LAB).astype(
-        np.float32
+    past, nearest = cv2.distanceTransformWithLabels(
+        outside.view(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
     )
+    depth = cv2.distanceTransform(footprint.view(np.uint8), cv2.DIST_L2, 3)
+    bgr = frame[y0:y1, x0:x1]
+    reachable = outside & (past <= reach_px)
+    seeds = hole & (depth <= 2.0)
+    if options.min_width > 0:
+        # Only where the region is thick at the cut: a sliver along the crop's edge is more
+        # often the region's own error (a rim of neck, shirt or ear) than an occluder.
+        radius = max(1, round(options.min_width / 2 * size * scale))
+        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        core = cv2.erode(hole.view(np.uint8), disk)
+        seeds &= cv2.dilate(core, disk).view(bool)
+        if not seeds.any():
+            return None
+    # The part goes on from the cut, not sideways along the crop's edge: only pixels whose
+    # nearest crop pixel lies on the cut (widened by ``slack``) may join. A background of
+    # the occluder's colour beside the crop (dark hair or a suit by a black mask) spreads
+    # along the edge; a hand's wrist or a mask's lower half runs on across it.
+    slack = round(options.slack * size * scale)
+    cut = seeds
+    if slack > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * slack + 1, 2 * slack + 1))
+        cut = cv2.dilate(seeds.view(np.uint8), kernel).view(bool) & footprint & (depth <= 2.0)
+    on_cut = np.zeros(int(nearest.max()) + 1, dtype=bool)
+    on_cut[nearest[cut]] = True
+    zone = reachable & on_cut[nearest]
     near_edge = footprint & (depth <= options.sample_px * scale)
-    occluder = _colours(lab[near_edge & hole], options.clusters)
-    visible = _colours(lab[near_edge & ~hole], options.clusters)
+    occluder_lab = _lab(bgr, near_edge & hole)
+    occluder = _colours(occluder_lab, options.clusters)
+    # What is not the occluder: the visible pixels inside the crop's edge, and the frame
+    # past the crop beside the cut (background, clothes, hair), which the crop never shows.
+    visible = _colours(
+        np.concatenate([_lab(bgr, near_edge & ~hole), _lab(bgr, reachable & ~zone)]),
+        2 * options.clusters,
+    )
     if occluder is None or visible is None:
         return None
-    own = _nearest(lab[near_edge & hole], occluder)
+    own = _nearest(occluder_lab, occluder)
     limit = max(options.min_distance, options.spread * float(np.percentile(own, 90)))
-    zone = outside & (past <= reach_px)
-    colours = lab[zone]
+    colours = _lab(bgr, zone, subsample=False)
     to_occluder = _nearest(colours, occluder)
     candidate = np.zeros_like(zone)
-    candidate[zone] = (to_occluder < _nearest(colours, visible)) & (to_occluder <= limit)
+    candidate[zone] = (to_occluder < options.margin * _nearest(colours, visible)) & (
+        to_occluder <= limit
+    )
     # A pixel-wide thread of look-alike colour must not carry the part into the background.
     candidate = cv2.morphologyEx(
         candidate.view(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)
     ).view(bool)
-    seeds = hole & (depth <= 2.0)
     count, labels = cv2.connectedComponents((candidate | seeds).view(np.uint8), connectivity=8)
     joined = np.unique(labels[seeds])
     joined = joined[joined > 0]
     if count <= 1 or joined.size == 0:
         return None
     part = np.isin(labels, joined) & outside
+    if options.grow_px > 0:
+        side = 2 * options.grow_px + 1
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+        part = cv2.dilate(part.view(np.uint8), kernel).view(bool) & outside
     area = int(np.count_nonzero(part))
     if area == 0 or area > options.max_ratio * np.count_nonzero(hole):
         return None
@@ -176,7 +219,18 @@ def _reach_roi(
 
 
 _MIN_SAMPLES = 24
-_MAX_SAMPLES = 2048
+_MAX_SAMPLES = 1024
+
+
+def _lab(bgr: Image, where: BoolMask, subsample: bool = True) -> npt.NDArray[np.float32]:
+    """Lab colours (N, 3) of ``bgr``'s pixels at ``where``; at most about ``_MAX_SAMPLES``
+    of them, evenly strided, with ``subsample`` (converting only these is most of the cost
+    saved: the whole ROI of a large face is ~0.5 Mpixel)."""
+    pixels = bgr[where]
+    if subsample and len(pixels) > _MAX_SAMPLES:
+        pixels = pixels[:: len(pixels) // _MAX_SAMPLES]
+    lab = cv2.cvtColor(np.ascontiguousarray(pixels).reshape(-1, 1, 3), cv2.COLOR_BGR2LAB)
+    return lab.reshape(-1, 3).astype(np.float32)
 
 
 def _colours(samples: npt.NDArray[np.float32], clusters: int) -> FloatArray | None:
@@ -190,12 +244,12 @@ def _colours(samples: npt.NDArray[np.float32], clusters: int) -> FloatArray | No
     order = np.argsort(data[:, 0], kind="stable")
     k = min(clusters, len(data))
     centres = data[order[((np.arange(k) + 0.5) * len(data) / k).astype(int)]]
-    for _ in range(10):
+    for _ in range(8):
         nearest = np.argmin(((data[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
-        for j in range(k):
-            members = data[nearest == j]
-            if len(members):
-                centres[j] = members.mean(axis=0)
+        counts = np.bincount(nearest, minlength=k)
+        sums = np.stack([np.bincount(nearest, data[:, c], minlength=k) for c in range(3)], 1)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
     nearest = np.argmin(((data[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
     shares = np.bincount(nearest, minlength=k) / len(data)
     kept: FloatArray = centres[shares >= 0.05]

@@ -99,6 +99,7 @@ from stream.mask_detect import MaskDetectOptions, PlacementSource, face_region
 from stream.media import VideoReader, probe
 from stream.model_inpainter import ModelInpainter
 from stream.past_crop import PastCropOptions
+from stream.provenance import read_sidecar, restored_mask, sidecar_path
 from stream.types import Image, InpaintResult, Mask
 from training.masks import FACE_MASK_KINDS, FaceMaskShape, HandBlob, ShapeGenerator
 from training.metrics import DlibFace, dlib_available
@@ -509,6 +510,9 @@ class ClipMeasures:
     sface: dict[str, Similarity]
     dlib: dict[str, Similarity]
     detection: dict[str, DetectionOverlap]
+    changed: dict[str, DetectionOverlap]
+    """The frame pixels the pipeline recorded as restored (its provenance sidecar: the
+    region inside each face's crop and what ``stream.past_crop`` followed past it)."""
     tiles: dict[str, Image] = field(default_factory=dict)
 
     @classmethod
@@ -519,6 +523,7 @@ class ClipMeasures:
             {n: PixelErrors() for n in names},
             {n: Similarity() for n in names},
             {n: Similarity() for n in names},
+            {n: DetectionOverlap() for n in pipeline},
             {n: DetectionOverlap() for n in pipeline},
         )
 
@@ -535,6 +540,7 @@ class ClipMeasures:
         }
         if name in self.detection:
             result.update(self.detection[name].summary())
+            result.update(self.changed[name].summary("changed"))
         return result
 
 
@@ -550,6 +556,9 @@ def measure_clip(
     names = list(files)
     measures = ClipMeasures.for_conditions(names, list(restorations))
     paths = [original, *files.values()]
+    restored = {
+        name: restored_by_frame(r.path, clip.truth.shape) for name, r in restorations.items()
+    }
     middle = len(clip.pts) // 2
     for index, images in enumerate(frames_in_step(paths, clip.pts, clip.first_frame)):
         truth = clip.truth[index]
@@ -562,6 +571,8 @@ def measure_clip(
             for mask_256, inverse in restoration.regions.get(index, []):
                 detected |= to_frame(mask_256, inverse, truth.shape)
             measures.detection[name].add(truth, detected)
+            changed = restored[name].get(index)
+            measures.changed[name].add(truth, np.zeros_like(truth) if changed is None else changed)
         if not clip.affines[index]:
             continue
         crops = {
@@ -572,6 +583,13 @@ def measure_clip(
         if index >= middle and not measures.tiles:
             measures.tiles = {name: batch[0] for name, batch in crops.items() if name in MONTAGE}
     return measures
+
+
+def restored_by_frame(output: Path, shape: tuple[int, int]) -> dict[int, BoolMask]:
+    """Per frame index, the pixels the pipeline's provenance sidecar beside ``output`` says
+    it restored (frames with nothing restored are left out)."""
+    _, frames = read_sidecar(sidecar_path(output))
+    return {f.index: restored_mask(f, shape) for f in frames if f.faces}
 
 
 # --- one clip, all clips ---------------------------------------------------------------------
@@ -669,6 +687,8 @@ MEAN_METRICS = (
     "dlib_distance",
     "detect_iou",
     "detect_recall",
+    "changed_precision",
+    "changed_recall",
     "restored_frame_fraction",
     "guard_fallback_share",
     "speaker_windows",

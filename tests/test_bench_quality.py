@@ -86,6 +86,10 @@ def test_report_structure(report: Path) -> None:
             assert conditions[name]["l1_in_levels"] != conditions["masked"]["l1_in_levels"]
         assert conditions["telea"]["restored_frame_fraction"] == 1.0
         assert conditions["telea"]["detect_recall"] > 0.5
+        # What the sidecar says was restored holds at least the detected region's truth.
+        telea = conditions["telea"]
+        assert telea["changed_recall"] >= telea["detect_recall"] - 0.01
+        assert 0.5 < telea["changed_precision"] <= 1.0
         assert conditions["telea"]["fills"] >= 1 and conditions["telea"]["guard_fallbacks"] == 0
     assert result["means"]["masked"]["psnr_in_db"] is not None
     table = (report / "quality.md").read_text()

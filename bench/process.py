@@ -13,11 +13,11 @@ medians over ``--runs``.
 ``--inpainter model`` runs the shipped ``lite`` network on onnxruntime (one thread, Poisson
 blending on, hearing the file's speech), as ``avstream process`` does by default. The region
 is the default's too (``--region detect``: the occlusion segmenter decides, so a clean face
-costs tracking and segmentation only); ``--region paper`` restores the paper's fixed box on
-every face, as v1 did. ``--paint-mask`` first paints a face mask on every face of ``--input``
-(``bench.restore_video.make_masked_clip``), so a real clip has something to restore. The
-provenance sidecar is written, as by default. Run it with ``-m``: as a script,
-``bench/engines.py`` would shadow the ``engines`` package.
+costs tracking and segmentation only; ``detect-in-crop`` is ``--no-past-crop``);
+``--region paper`` restores the paper's fixed box on every face, as v1 did. ``--paint-mask``
+first paints a face mask on every face of ``--input`` (``bench.restore_video.make_masked_clip``),
+so a real clip has something to restore. The provenance sidecar is written, as by default.
+Run it with ``-m``: as a script, ``bench/engines.py`` would shadow the ``engines`` package.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def run_process(
 
     from stream.engines_cli import open_model_inpainter, parse_backend_arguments
     from stream.inpaint import Inpainter, OpenCVInpainter
-    from stream.mask_detect import MaskDetector
+    from stream.mask_detect import MaskDetectOptions, MaskDetector
     from stream.media import EncodeOptions
     from stream.occlusion import FixedRegion, OcclusionModel
     from stream.pipeline import ProcessOptions, process_file
@@ -103,8 +103,12 @@ def run_process(
     options = ProcessOptions(
         encode=EncodeOptions(crf=CRF, preset=preset, threads=1), decode_threads=1
     )
-    occlusion: OcclusionModel = (
-        FixedRegion(box_mask()) if region == "paper" else MaskDetector()  # threads=1 default
+    occlusion: OcclusionModel = (  # threads=1 by default
+        FixedRegion(box_mask())
+        if region == "paper"
+        else MaskDetector(MaskDetectOptions(past_crop=None))
+        if region == "detect-in-crop"
+        else MaskDetector()
     )
     with contextlib.ExitStack() as stack:
         inpainter: Inpainter = OpenCVInpainter("telea")
@@ -175,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--inpainter", choices=["telea", "model"], default="telea")
     parser.add_argument(
-        "--region", choices=["detect", "paper"], default="detect", help="default: detect"
+        "--region",
+        choices=["detect", "detect-in-crop", "paper"],
+        default="detect",
+        help="default: detect (detect-in-crop: --no-past-crop)",
     )
     parser.add_argument(
         "--paint-mask", action="store_true", help="paint a face mask on --input first"

@@ -48,9 +48,9 @@ class PastCropOptions:
     own colours (at least ``min_distance`` Lab levels). ``margin``: and its distance to the
     occluder's colours must be under this fraction of its distance to the other colours.
     ``max_ratio``: the part may be at most this many times the region's frame area inside
-    the crop. ``grow_px``: the part is grown by this many frame pixels past the crop (never
-    into it), for the occluder's anti-aliased rim, whose mixed colours the colour test
-    leaves out. ``fill_radius_px``: Telea's radius, frame pixels."""
+    the crop. ``work_side_px``: a face whose crop spans more frame pixels is examined
+    downscaled to this, so the cost does not grow with the face. ``fill_radius_px``: Telea's
+    radius, frame pixels."""
 
     reach: float = 0.3
     min_cut_px: int = 6
@@ -62,7 +62,7 @@ class PastCropOptions:
     margin: float = 0.6
     min_width: float = 0.1
     slack: float = 0.03
-    grow_px: int = 0
+    work_side_px: float = 256.0
     fill_radius_px: int = 3
 
     def __post_init__(self) -> None:
@@ -70,8 +70,10 @@ class PastCropOptions:
             raise ValueError("reach, sample_px, spread and max_ratio must be > 0")
         if self.min_cut_px < 1 or self.clusters < 1 or self.fill_radius_px < 1:
             raise ValueError("min_cut_px, clusters and fill_radius_px must be >= 1")
-        if self.grow_px < 0 or self.slack < 0 or self.min_width < 0:
-            raise ValueError("grow_px, slack and min_width must be >= 0")
+        if self.slack < 0 or self.min_width < 0:
+            raise ValueError("slack and min_width must be >= 0")
+        if self.work_side_px < 32:
+            raise ValueError(f"work_side_px must be >= 32, got {self.work_side_px}")
 
 
 def past_crop_region(
@@ -96,9 +98,45 @@ def past_crop_region(
     x0, y0, x1, y1 = roi
     shift = inverse_affine.copy()
     shift[:, 2] -= (x0, y0)
+    patch = frame[y0:y1, x0:x1]
+    factor = options.work_side_px / (size * scale)
+    if factor >= 1.0:
+        part = _part(patch, hole_256, shift, options)
+    else:
+        # A large face is looked at as if its crop spanned ``work_side_px``: the cost stays
+        # that of a small face (the part is background, filled by Telea: its edge need
+        # not be exact to the pixel).
+        width = max(1, round((x1 - x0) * factor))
+        height = max(1, round((y1 - y0) * factor))
+        small = np.asarray(
+            cv2.resize(patch, (width, height), interpolation=cv2.INTER_AREA), np.uint8
+        )
+        to_small = np.diag([width / (x1 - x0), height / (y1 - y0)]) @ shift
+        part_small = _part(small, hole_256, to_small, options)
+        if part_small is None:
+            return None
+        grown = cv2.resize(
+            part_small.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR
+        )
+        ones = np.ones((size, size), np.float32)
+        footprint = cv2.warpAffine(ones, shift, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR)
+        part = (grown >= 0.5) & (footprint < 0.5)
+    if part is None or not part.any():
+        return None
+    return FrameRegion(x0, y0, part)
+
+
+def _part(
+    bgr: Image, hole_256: BoolMask, shift: FloatArray, options: PastCropOptions
+) -> BoolMask | None:
+    """``past_crop_region``'s work in one image (``bgr``, with ``shift``: crop -> it)."""
+    size = hole_256.shape[0]
+    scale = math.sqrt(abs(float(np.linalg.det(shift[:, :2]))))
+    reach_px = options.reach * size * scale
+    height, width = bgr.shape[:2]
     planes = np.stack([np.ones((size, size), np.float32), hole_256.astype(np.float32)], axis=-1)
-    warped = cv2.warpAffine(planes, shift, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR)
-    warped = warped.reshape(y1 - y0, x1 - x0, 2)
+    warped = cv2.warpAffine(planes, shift, (width, height), flags=cv2.INTER_LINEAR)
+    warped = warped.reshape(height, width, 2)
     footprint, hole = warped[..., 0] >= 0.5, warped[..., 1] >= 0.5
     outside = ~footprint
     if not outside.any() or not hole.any():
@@ -109,7 +147,6 @@ def past_crop_region(
         outside.view(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
     )
     depth = cv2.distanceTransform(footprint.view(np.uint8), cv2.DIST_L2, 3)
-    bgr = frame[y0:y1, x0:x1]
     reachable = outside & (past <= reach_px)
     seeds = hole & (depth <= 2.0)
     if options.min_width > 0:
@@ -161,15 +198,11 @@ def past_crop_region(
     joined = joined[joined > 0]
     if count <= 1 or joined.size == 0:
         return None
-    part = np.isin(labels, joined) & outside
-    if options.grow_px > 0:
-        side = 2 * options.grow_px + 1
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
-        part = cv2.dilate(part.view(np.uint8), kernel).view(bool) & outside
+    part: BoolMask = np.isin(labels, joined) & outside
     area = int(np.count_nonzero(part))
     if area == 0 or area > options.max_ratio * np.count_nonzero(hole):
         return None
-    return FrameRegion(x0, y0, part)
+    return part
 
 
 def fill_past_crop(image: Image, region: FrameRegion, radius_px: int) -> Image:
@@ -234,25 +267,25 @@ def _lab(bgr: Image, where: BoolMask, subsample: bool = True) -> npt.NDArray[np.
 
 
 def _colours(samples: npt.NDArray[np.float32], clusters: int) -> FloatArray | None:
-    """A few representative colours of ``samples`` (N, 3): k-means (Lloyd, started from
-    lightness quantiles, so the same samples always give the same colours), clusters
-    holding under 5% of the samples dropped. None for too few samples."""
+    """A few representative colours of ``samples`` (N, 3): OpenCV's k-means started from
+    lightness bins (so the same samples always give the same colours, without its random
+    start), clusters holding under 5% of the samples dropped. None for too few samples."""
     if len(samples) < _MIN_SAMPLES:
         return None
     step = max(1, len(samples) // _MAX_SAMPLES)
-    data = samples[::step].astype(np.float64)
-    order = np.argsort(data[:, 0], kind="stable")
-    k = min(clusters, len(data))
-    centres = data[order[((np.arange(k) + 0.5) * len(data) / k).astype(int)]]
-    for _ in range(8):
-        nearest = np.argmin(((data[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
-        counts = np.bincount(nearest, minlength=k)
-        sums = np.stack([np.bincount(nearest, data[:, c], minlength=k) for c in range(3)], 1)
-        filled = counts > 0
-        centres[filled] = sums[filled] / counts[filled, None]
-    nearest = np.argmin(((data[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
-    shares = np.bincount(nearest, minlength=k) / len(data)
-    kept: FloatArray = centres[shares >= 0.05]
+    data = np.ascontiguousarray(samples[::step], dtype=np.float32)
+    # No more clusters than distinct colours: an emptied cluster would be restarted from
+    # OpenCV's random generator.
+    codes = np.rint(data).astype(np.int64) @ np.array([65536, 256, 1], np.int64)
+    k = min(clusters, len(np.unique(codes)))
+    rank = np.empty(len(data), np.int32)
+    rank[np.argsort(data[:, 0], kind="stable")] = np.arange(len(data), dtype=np.int32)
+    start = (rank * k // len(data)).astype(np.int32).reshape(-1, 1)
+    criteria = (cv2.TERM_CRITERIA_MAX_ITER + cv2.TERM_CRITERIA_EPS, 8, 0.5)
+    _, found, centres = cv2.kmeans(data, k, start, criteria, 1, cv2.KMEANS_USE_INITIAL_LABELS)
+    labels = np.asarray(found, np.int64)
+    shares = np.bincount(labels.ravel(), minlength=k) / len(data)
+    kept: FloatArray = centres[shares >= 0.05].astype(np.float64)
     return kept
 
 

@@ -75,6 +75,28 @@ def test_the_part_past_the_crop_is_found(photo: tuple[Image, AlignedFace]) -> No
     assert recall > 0.85 and precision > 0.97
 
 
+def test_a_large_face_is_examined_downscaled_with_the_same_answer(
+    photo: tuple[Image, AlignedFace],
+) -> None:
+    frame, aligned = photo
+    painted, truth = _painted(frame, BAR)
+    outside_truth = truth & ~_footprint(aligned, truth.shape)
+    hole = _hole(aligned, truth)
+    full = past_crop_region(painted, hole, aligned.inverse_affine, PastCropOptions())
+    # The crop spans ~137 frame pixels: at 96 it is looked at at 70% of its size.
+    small = past_crop_region(
+        painted, hole, aligned.inverse_affine, PastCropOptions(work_side_px=96.0)
+    )
+
+    assert full is not None and small is not None
+    found = small.full(truth.shape)
+    assert not (found & _footprint(aligned, truth.shape)).any()
+    assert (found & outside_truth).sum() / outside_truth.sum() > 0.8
+    assert (found & truth).sum() / found.sum() > 0.9
+    overlap = (found & full.full(truth.shape)).sum() / (found | full.full(truth.shape)).sum()
+    assert overlap > 0.85
+
+
 def test_a_region_inside_the_crop_is_not_followed(photo: tuple[Image, AlignedFace]) -> None:
     frame, aligned = photo
     painted, truth = _painted(frame, np.array([[200, 135], [245, 135], [245, 170], [200, 170]]))
@@ -143,6 +165,8 @@ def test_options_are_checked() -> None:
         PastCropOptions(clusters=0)
     with pytest.raises(ValueError, match="slack"):
         PastCropOptions(slack=-0.1)
+    with pytest.raises(ValueError, match="work_side_px"):
+        PastCropOptions(work_side_px=8.0)
 
 
 @pytest.mark.parametrize("follow", [True, False])

@@ -48,7 +48,14 @@ from stream.composite import FEATHER_PX
 from stream.detect import DetectorOptions
 from stream.errors import AvstreamError, InputError, OutputError, UsageError
 from stream.inpaint import Inpainter
-from stream.media import OUTPUT_EXTENSIONS, AtomicOutput, EncodeOptions, bgr_to_frame, frame_to_bgr
+from stream.media import (
+    OUTPUT_EXTENSIONS,
+    AtomicOutput,
+    EncodeOptions,
+    bgr_to_frame,
+    frame_to_bgr,
+    x264_options,
+)
 from stream.occlusion import OcclusionModel
 from stream.provenance import (
     FrameProvenance,
@@ -726,9 +733,7 @@ class LiveRecorder:
         except av.error.FFmpegError as exc:
             raise OutputError(f"cannot create {path}: {exc}") from exc
         self._time_base = Fraction(1, 90_000)
-        self._video = self._out.add_stream(
-            "libx264", rate=fmt.fps, options={"crf": str(encode.crf), "preset": encode.preset}
-        )
+        self._video = self._out.add_stream("libx264", rate=fmt.fps, options=x264_options(encode))
         self._video.width = fmt.width
         self._video.height = fmt.height
         self._video.pix_fmt = "yuv420p"

@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from bench.quality import occluder_shapes
+from bench.quality import occluder_shapes, override_fields
 from bench.restore_video import make_masked_clip, to_frame
 from stream.align import crop_at
 from stream.mask_detect import MaskDetectOptions, MaskDetector
@@ -332,23 +332,6 @@ def _expand(patterns: Sequence[str]) -> list[Path]:
     return paths
 
 
-def _override(options: MaskDetectOptions, assignments: Sequence[str]) -> MaskDetectOptions:
-    fields = {f.name: f.type for f in dataclasses.fields(MaskDetectOptions)}
-    changes: dict[str, Any] = {}
-    for assignment in assignments:
-        key, _, value = assignment.partition("=")
-        if key not in fields:
-            raise SystemExit(f"unknown option {key}")
-        kind = str(fields[key])
-        if kind == "bool":
-            changes[key] = value.lower() in ("1", "true", "yes")
-        elif kind in ("int", "float"):
-            changes[key] = int(value) if kind == "int" else float(value)
-        else:
-            changes[key] = value
-    return dataclasses.replace(options, **changes)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run and print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -373,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sizes = [int(s) for s in args.sizes.split(",")]
     items = prepare(clips, sizes, args.frames, args.cache, not args.no_paint, args.clean_alignment)
-    base = _override(MaskDetectOptions(), args.set)
+    base = override_fields(MaskDetectOptions(), args.set)
     report: dict[str, Any] = {"frames": args.frames, "sizes": sizes, "options": args.set}
     for weights in args.weights or [None]:
         options = dataclasses.replace(base, weights=weights)

@@ -66,7 +66,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -104,6 +104,9 @@ from stream.types import Image, InpaintResult, Mask
 from training.masks import FACE_MASK_KINDS, FaceMaskShape, HandBlob, ShapeGenerator
 from training.metrics import DlibFace, dlib_available
 from training.prepare import OpenCvSFace
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_CLIPS = ROOT.parent / "shared" / "data" / "talking_heads" / "eval_only"
@@ -968,20 +971,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OptionsT = TypeVar("OptionsT", bound="DataclassInstance")
+
+
+def override_fields(options: OptionsT, assignments: Sequence[str]) -> OptionsT:
+    """A frozen options dataclass with ``KEY=VALUE`` assignments applied (values as bools,
+    ints, floats or strings, by the field's annotation); exits with a one-line message for
+    an unknown key or an empty value. Shared by ``--past-crop`` here and ``--set`` of
+    ``bench.false_flags`` and ``bench.seg_diagnose``."""
+    fields = {f.name: str(f.type) for f in dataclasses.fields(options)}
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        if key not in fields or not value:
+            name = type(options).__name__
+            raise SystemExit(f"expected KEY=VALUE of {name}, got {assignment!r}")
+        kind = fields[key]
+        if kind == "bool":
+            changes[key] = value.lower() in ("1", "true", "yes")
+        elif kind in ("int", "float"):
+            changes[key] = int(value) if kind == "int" else float(value)
+        else:
+            changes[key] = value
+    return dataclasses.replace(options, **changes)
+
+
 def past_crop_options(assignments: Sequence[str]) -> PastCropOptions | None:
     """``--past-crop``: the default options, ``off`` (None), or fields set to numbers."""
     if list(assignments) == ["off"]:
         return None
-    options = PastCropOptions()
-    for assignment in assignments:
-        key, _, value = assignment.partition("=")
-        current = getattr(options, key, None)
-        if current is None or not value:
-            raise SystemExit(
-                f"--past-crop: expected KEY=VALUE of PastCropOptions, got {assignment!r}"
-            )
-        options = dataclasses.replace(options, **{key: type(current)(value)})
-    return options
+    return override_fields(PastCropOptions(), assignments)
 
 
 def main(argv: list[str] | None = None) -> int:

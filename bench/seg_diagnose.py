@@ -45,8 +45,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from bench.false_flags import _override
-from bench.quality import occluder_for, paint_clip
+from bench.quality import occluder_for, override_fields, paint_clip
 from bench.restore_video import to_frame
 from stream.mask_detect import MaskDetectOptions, MaskDetector, load_predictor
 from stream.media import VideoReader
@@ -202,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], help="MaskDetectOptions KEY=VALUE")
     parser.add_argument("--sheet-frames", type=int, default=4)
     args = parser.parse_args(argv)
-    options = dataclasses.replace(_override(MaskDetectOptions(), args.set), weights=args.weights)
+    options = dataclasses.replace(
+        override_fields(MaskDetectOptions(), args.set), weights=args.weights
+    )
     for clip in args.clips:
         result = diagnose(clip, args.out, args.frames, options, args.sheet_frames)
         summary = {k: v for k, v in result.items() if k != "per_frame"}

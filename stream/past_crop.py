@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from avinpaint.geometry import apply_affine
 from stream.composite import BoolMask, FrameRegion
 from stream.types import FloatArray, Image
 
@@ -241,7 +242,7 @@ def _reach_roi(
     inverse_affine: FloatArray, size: int, reach_px: float, width: int, height: int
 ) -> tuple[int, int, int, int] | None:
     corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], dtype=np.float64)
-    mapped = corners @ inverse_affine[:, :2].T + inverse_affine[:, 2]
+    mapped = apply_affine(inverse_affine, corners)
     x0 = max(0, math.floor(mapped[:, 0].min() - reach_px))
     y0 = max(0, math.floor(mapped[:, 1].min() - reach_px))
     x1 = min(width, math.ceil(mapped[:, 0].max() + reach_px) + 1)

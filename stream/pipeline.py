@@ -457,10 +457,13 @@ def process_file(
                     fell_back += face.result.fallback
                     if face.result.fallback and face.result.guard is not None:
                         _log.info(
-                            "frame %d: track %d: fill failed the guard (%s), safe fill used",
+                            "frame %d: track %d: fill failed the guard (%s), %s",
                             item.frame.index,
                             face.track_id,
                             face.result.guard.reason,
+                            "the track's last good fill held"
+                            if face.result.backend.endswith("+held")
+                            else "safe fill used",
                         )
                 if progress is not None:
                     progress(len(track_ids), info.expected_frames)

@@ -197,6 +197,8 @@ class _Shown:
     shown: Image  # what was composited last (differs from target during a cross-fade)
     fade_from: Image
     fade_step: int
+    fallback: bool = False  # target is a safe fill that replaced a fill the guard failed
+    age: int = 0  # frames shown since target was made
 
 
 class ReuseCache:
@@ -249,18 +251,37 @@ class ReuseCache:
     def show_reused(self, track_id: int) -> Image:
         """The crop to show for a reused frame (advancing any cross-fade)."""
         entry = self._shown[track_id]
+        entry.age += 1
         entry.shown = self._fade(entry)
         return entry.shown
 
-    def show_regenerated(self, track_id: int, face: Image) -> Image:
+    def show_held(self, track_id: int) -> Image | None:
+        """For a regenerated crop the fill guard failed: the track's last good crop, shown
+        as if reused, when it has one made at most ``max_age_frames`` ago; else None (show
+        the safe fill with ``show_regenerated``).
+
+        Why: the safe fill is a Telea smear, fine for a small hole and far from the face on
+        a large one, and a regenerated crop is shown until the next regeneration. On
+        ``mead_W040`` (``bench.quality``, 2026-12-06) one failed fill of a surgical mask's
+        hole made the safe fill stand for 20 of the clip's 50 frames: 14.36 dB in the mask
+        against 17.5-17.8 in runs where that fill had passed. The decision half cannot
+        regenerate sooner: it runs a pipeline stage ahead of the inpainter, so feeding the
+        verdict back would make the output depend on thread timing."""
+        entry = self._shown.get(track_id)
+        if entry is None or entry.fallback or entry.age >= self.options.max_age_frames:
+            return None
+        return self.show_reused(track_id)
+
+    def show_regenerated(self, track_id: int, face: Image, *, fallback: bool = False) -> Image:
         """Show a freshly inpainted crop: the first cross-fade step from the previous crop,
-        or the new crop for a new track."""
+        or the new crop for a new track. ``fallback``: ``face`` is the guard's safe fill."""
         previous = self._shown.get(track_id)
         entry = _Shown(
             target=face,
             shown=face,
             fade_from=previous.shown if previous is not None else face,
             fade_step=0,
+            fallback=fallback,
         )
         self._shown[track_id] = entry
         entry.shown = self._fade(entry)
@@ -390,6 +411,15 @@ def composite_frame(
         if reuse is None:
             assert result is not None
             shown = result.face_256
+        elif result is not None and result.fallback:
+            held = reuse.show_held(face.track_id)
+            if held is None:
+                shown = reuse.show_regenerated(face.track_id, result.face_256, fallback=True)
+            else:
+                shown = held
+                result = dataclasses.replace(
+                    result, face_256=held, backend=f"{result.backend}+held"
+                )
         elif result is not None:
             shown = reuse.show_regenerated(face.track_id, result.face_256)
         else:

@@ -85,6 +85,26 @@ def test_cross_fade_goes_from_the_old_crop_to_the_new_one() -> None:
     assert shown == [50, 100, 150, 200, 200]
 
 
+def test_a_failed_fill_holds_the_last_good_crop_while_it_is_young() -> None:
+    cache = ReuseCache(ReuseOptions(max_age_frames=3, crossfade_frames=1))
+    mask, crop = box_mask(), _crop(0)
+    good = np.full((256, 256, 3), 90, np.uint8)
+    safe = np.full((256, 256, 3), 30, np.uint8)
+    assert cache.show_held(1) is None  # a new track has nothing to hold
+    cache.regenerated_crop(1, crop, mask, good)
+    held = cache.show_held(1)
+    assert held is not None
+    np.testing.assert_array_equal(held, good)
+    for _ in range(2):  # reused frames age the crop held
+        cache.next_reused(1)
+    assert cache.show_held(1) is None  # made max_age_frames ago: too old to hold
+    # A safe fill shown for want of a good crop is never held in its turn.
+    np.testing.assert_array_equal(cache.show_regenerated(1, safe, fallback=True), safe)
+    assert cache.show_held(1) is None
+    np.testing.assert_array_equal(cache.show_regenerated(1, good), good)
+    assert cache.show_held(1) is not None
+
+
 def test_bad_options() -> None:
     with pytest.raises(ValueError):
         ReuseOptions(change_levels=-1)
@@ -239,3 +259,46 @@ def test_plan_frame_crops_a_covered_face_again_where_its_mask_places_it() -> Non
     np.testing.assert_array_equal(placed.crop, expected.crop)
     assert plan.occlusions[0] is again and plan.covered == (0,)
     assert plan.work.faces[1] is work.faces[1]
+
+
+class _FailsSecond(OpenCVInpainter):
+    """Telea whose second call stands for a fill the guard failed: a flat grey safe fill
+    marked ``fallback``."""
+
+    def __init__(self) -> None:
+        super().__init__("telea")
+        self.calls = 0
+
+    def inpaint(self, crops: Sequence[Image], masks: Sequence[Mask]) -> list[InpaintResult]:
+        self.calls += 1
+        results = super().inpaint(crops, masks)
+        if self.calls != 2:
+            return results
+        safe = np.full_like(crops[0], 128)
+        return [InpaintResult(face_256=safe, backend="guarded", latency_ms=0.0, fallback=True)]
+
+
+def test_a_failed_fill_shows_the_tracks_last_good_crop_not_the_safe_fill() -> None:
+    base = np.random.default_rng(8).integers(40, 200, (360, 480, 3), dtype=np.uint8)
+    affine = np.array([[1.4, 0.3, -40.0], [-0.3, 1.4, -20.0]])
+    region = FixedRegion(box_mask((40, 120, 170, 110)))
+    # Any change of the visible face regenerates, so each frame below is a fresh fill.
+    cache = ReuseCache(ReuseOptions(change_levels=0.0, crossfade_frames=1))
+    inpainter = _FailsSecond()
+    shown = []
+    for index, shift in enumerate((0, 12, 24)):
+        image = np.clip(base.astype(np.int16) + shift, 0, 255).astype(np.uint8)
+        work = FrameFaces(
+            frame=VideoFrame(index=index, pts=index, time_base=Fraction(1, 25), image=image),
+            faces=(_face(image, affine, 5),),
+        )
+        shown.append(restore_frame(work, inpainter, region, 0.0, cache))
+    assert inpainter.calls == 3
+    first, held, after = (frame.faces[0] for frame in shown)
+    assert (held.result.backend, held.result.fallback) == ("guarded+held", True)
+    assert after.result.backend == "opencv-telea" and not after.result.fallback
+    # The held frame shows the first frame's restored pixels, not the grey safe fill.
+    inside = first.region
+    assert inside is not None and held.region is not None
+    mask = inside.full(base.shape[:2])
+    np.testing.assert_array_equal(shown[1].frame.image[mask], shown[0].frame.image[mask])

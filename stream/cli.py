@@ -751,9 +751,11 @@ def _print_summary(report: ProcessReport) -> None:
         f"audio {report.audio_mode}, {report.fps:.1f} fps"
     )
     if report.faces_guarded:
+        safe = report.faces_fell_back - report.faces_held
         print(
             f"fill guard: {report.faces_guarded} fills checked, {report.faces_fell_back} "
-            "failed and were replaced by the safe Telea fill"
+            f"failed: {report.faces_held} replaced by the track's last good fill, {safe} by "
+            "the safe Telea fill"
         )
     if report.damaged:
         expected = report.expected_frames if report.expected_frames is not None else "?"

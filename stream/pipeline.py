@@ -193,7 +193,11 @@ class ProcessReport:
     faces_guarded: int = 0
     """Fills the inpainter's fill guard judged (``stream.guard``; 0 without a guard)."""
     faces_fell_back: int = 0
-    """Of those, fills the guard failed and replaced by the safe Telea fill."""
+    """Of those, fills the guard failed: replaced by the safe Telea fill, or by the track's
+    last good crop where it has one (``faces_held``)."""
+    faces_held: int = 0
+    """Of the failed fills, those replaced by the track's last good crop
+    (``ReuseCache.show_held``)."""
 
     @property
     def fps(self) -> float:
@@ -424,7 +428,7 @@ def process_file(
     runner = _Runner(queue_size=options.queue_size)
     track_ids: list[tuple[int, ...]] = []
     faces_restored = 0
-    guarded = fell_back = 0
+    guarded = fell_back = held = 0
     tally = _CoverageTally()
     encode_times = runner.timings.setdefault("encode", [])
     with (
@@ -455,6 +459,7 @@ def process_file(
                 for face in item.faces:
                     guarded += face.result.guard is not None
                     fell_back += face.result.fallback
+                    held += face.result.backend.endswith("+held")
                     if face.result.fallback and face.result.guard is not None:
                         _log.info(
                             "frame %d: track %d: fill failed the guard (%s), %s",
@@ -497,4 +502,5 @@ def process_file(
         coverage=tally.summary(),
         faces_guarded=guarded,
         faces_fell_back=fell_back,
+        faces_held=held,
     )

@@ -228,6 +228,7 @@ def test_the_pipeline_counts_guarded_and_replaced_fills(make_clip: Any, tmp_path
         report = process_file(clip.path, tmp_path / "guarded.mp4", guarded, region, options)
     assert report.faces_restored > 0
     assert report.faces_guarded == report.faces_fell_back == report.faces_restored
+    assert report.faces_held == 0  # every fill fails, so no track has a good one to hold
     with ModelInpainter(DarkBackend(), blend="never", guard=None) as unguarded:
         off = process_file(clip.path, tmp_path / "off.mp4", unguarded, region, options)
     assert off.faces_restored == report.faces_restored

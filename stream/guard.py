@@ -4,7 +4,8 @@ On real faces of people it never saw, the network's fill sometimes goes wrong: a
 skin has, a grey-green dirty or checkered lower face, noise. A broken face is worse than a
 blurry one, so each fill is checked against what is visible of the same face before it is
 shown, and a failed fill is replaced by a safe one (OpenCV Telea of the same hole: smooth,
-never a colour the visible face does not have).
+never a colour the visible face does not have), or, in the pipeline, by the track's last
+good fill when it has a recent one (``stream.restore.ReuseCache.show_held``).
 
 The checks read the filled hole inside the face ellipse (``stream.mask_detect.face_region``),
 a ring of visible face around it (kept 2 px clear of the hole's edge, where an occluder's rim

@@ -21,6 +21,7 @@ from avinpaint.occlusion_net import (
     save_occlusion_net,
 )
 from avinpaint.spec import CROP_SIZE
+from training.masks import MaskMixture, ShapeKind
 from training.occluders import OccluderRenderer
 from training.segmenter import (
     FaceSet,
@@ -39,6 +40,8 @@ from training.segmenter import (
     segmentation_loss,
     split_of,
     train,
+    v2_mixture,
+    v5_mixture,
 )
 
 TINY = OcclusionNetConfig(widths=(4, 8, 8, 8, 8))
@@ -365,3 +368,13 @@ def test_shipped_model_on_a_few_real_photos(shared_data: Path) -> None:
     ][::8][:30]
     assert flagged(masked) >= 0.8
     assert flagged(unmasked) <= 0.1
+
+
+def test_v5_draws_hands_about_twice_as_often_as_v2() -> None:
+    def hand_share(mixture: MaskMixture) -> float:
+        rng = np.random.default_rng(5)
+        kinds = [mixture.sample(rng).kind for _ in range(400)]
+        return sum(k == ShapeKind.HAND for k in kinds) / len(kinds)
+
+    assert 0.2 < hand_share(v2_mixture()) < 0.3
+    assert 0.4 < hand_share(v5_mixture()) < 0.5

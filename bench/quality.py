@@ -297,8 +297,9 @@ def paint_clip(
 @dataclass
 class CountingInpainter:
     """Passes an inpainter's results through, counting its fills, those the fill guard
-    judged and those it replaced by the safe fill (``InpaintResult.guard`` and ``fallback``,
-    where the inpainter sets them)."""
+    judged and those it failed (``InpaintResult.guard`` and ``fallback``, where the inpainter
+    sets them; the pipeline then shows the track's last good fill or the safe fill,
+    ``ProcessReport.faces_held``)."""
 
     inner: Inpainter
     fills: int = 0
@@ -795,7 +796,12 @@ _TABLES = (
     ("psnr_out_db", "PSNR outside the mask, within the face (dB) ↑", "{:.2f}"),
     ("sface_cosine", "SFace cosine to the original face ↑", "{:.3f}"),
     ("dlib_cosine", "dlib descriptor cosine to the original face ↑", "{:.4f}"),
-    ("guard_fallback_share", "Share of fills the guard replaced by its safe fill", "{:.2f}"),
+    (
+        "guard_fallback_share",
+        "Share of fills the guard failed (shown instead: the track's last good fill, else "
+        "the safe fill; `faces_held` in the JSON says which)",
+        "{:.2f}",
+    ),
     ("speaker_windows", "Speaker windows the model heard", "{:.0f}"),
 )
 

@@ -751,12 +751,14 @@ def _print_summary(report: ProcessReport) -> None:
         f"audio {report.audio_mode}, {report.fps:.1f} fps"
     )
     if report.faces_guarded:
-        safe = report.faces_fell_back - report.faces_held
-        print(
-            f"fill guard: {report.faces_guarded} fills checked, {report.faces_fell_back} "
-            f"failed: {report.faces_held} replaced by the track's last good fill, {safe} by "
-            "the safe Telea fill"
-        )
+        line = f"fill guard: {report.faces_guarded} fills checked, {report.faces_fell_back} failed"
+        if report.faces_fell_back:
+            safe = report.faces_fell_back - report.faces_held
+            line += (
+                f": {report.faces_held} replaced by the track's last good fill, {safe} by the "
+                "safe Telea fill"
+            )
+        print(line)
     if report.damaged:
         expected = report.expected_frames if report.expected_frames is not None else "?"
         reason = report.stopped_early or f"{report.corrupt_packets} corrupt packet(s)"

@@ -3,6 +3,7 @@ no partial output, and the input never touched."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 from helpers import audio_packets, video_frames, video_times
 
-from stream.cli import main
+from stream.cli import _print_summary, main
+from stream.pipeline import ProcessReport
 from stream.provenance import read_sidecar
 from stream.testclip import ClipTruth
 
@@ -359,3 +361,32 @@ def test_no_past_crop_keeps_the_region_inside_the_crop(flag: list[str], follows:
     if flag:
         with pytest.raises(UsageError, match="--no-past-crop"):
             occlusion_model(fixed)
+
+
+def test_the_summary_says_what_replaced_the_fills_the_guard_failed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = ProcessReport(
+        output=Path("out.mp4"),
+        frames_in=10,
+        frames_out=10,
+        expected_frames=10,
+        corrupt_packets=0,
+        stopped_early=None,
+        audio_mode="copy",
+        audio_packets=0,
+        faces_restored=10,
+        speaker_windows=0,
+        faces_regenerated=4,
+        track_ids=((1,),) * 10,
+        stages={},
+        wall_s=1.0,
+        faces_guarded=4,
+    )
+    _print_summary(report)
+    assert "fill guard: 4 fills checked, 0 failed\n" in capsys.readouterr().out
+    _print_summary(dataclasses.replace(report, faces_fell_back=3, faces_held=2))
+    assert (
+        "fill guard: 4 fills checked, 3 failed: 2 replaced by the track's last good fill, "
+        "1 by the safe Telea fill"
+    ) in capsys.readouterr().out

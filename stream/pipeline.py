@@ -459,7 +459,7 @@ def process_file(
                 for face in item.faces:
                     guarded += face.result.guard is not None
                     fell_back += face.result.fallback
-                    held += face.result.backend.endswith("+held")
+                    held += face.result.held
                     if face.result.fallback and face.result.guard is not None:
                         _log.info(
                             "frame %d: track %d: fill failed the guard (%s), %s",
@@ -467,7 +467,7 @@ def process_file(
                             face.track_id,
                             face.result.guard.reason,
                             "the track's last good fill held"
-                            if face.result.backend.endswith("+held")
+                            if face.result.held
                             else "safe fill used",
                         )
                 if progress is not None:

@@ -418,7 +418,7 @@ def composite_frame(
             else:
                 shown = held
                 result = dataclasses.replace(
-                    result, face_256=held, backend=f"{result.backend}+held"
+                    result, face_256=held, backend=f"{result.backend}+held", held=True
                 )
         elif result is not None:
             shown = reuse.show_regenerated(face.track_id, result.face_256)

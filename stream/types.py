@@ -97,7 +97,9 @@ class InpaintResult:
 
     ``guard``: the fill guard's verdict on the backend's fill (None where no guard ran);
     ``fallback``: the guard failed it and ``face_256`` is the safe fill instead;
-    ``blended``: ``face_256`` is the fill Poisson-blended into the visible face."""
+    ``blended``: ``face_256`` is the fill Poisson-blended into the visible face;
+    ``held``: the guard failed it and ``face_256`` is the track's last good crop instead
+    (``stream.restore.ReuseCache.show_held``; ``backend`` then ends in ``+held``)."""
 
     face_256: Image
     backend: str
@@ -105,3 +107,4 @@ class InpaintResult:
     guard: GuardVerdict | None = None
     fallback: bool = False
     blended: bool = False
+    held: bool = False

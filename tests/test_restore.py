@@ -296,7 +296,9 @@ def test_a_failed_fill_shows_the_tracks_last_good_crop_not_the_safe_fill() -> No
     assert inpainter.calls == 3
     first, held, after = (frame.faces[0] for frame in shown)
     assert (held.result.backend, held.result.fallback) == ("guarded+held", True)
+    assert held.result.held and not first.result.held
     assert after.result.backend == "opencv-telea" and not after.result.fallback
+    assert not after.result.held
     # The held frame shows the first frame's restored pixels, not the grey safe fill.
     inside = first.region
     assert inside is not None and held.region is not None

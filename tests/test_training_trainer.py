@@ -47,7 +47,14 @@ from training.data import (
     ensure_ge2e_cache,
 )
 from training.manifest import AudioRecord, CropRecord, Split, write_manifest
-from training.trainer import LOG_FILE, Trainer, init_distributed, latest_checkpoint, loss_factor
+from training.trainer import (
+    LOG_FILE,
+    Trainer,
+    augment_options,
+    init_distributed,
+    latest_checkpoint,
+    loss_factor,
+)
 
 torch.set_num_threads(1)
 cv2.setNumThreads(1)
@@ -490,10 +497,22 @@ def test_config_files_reject_unknown_keys_and_round_trip(tmp_path: Path) -> None
         ('[data]\nholes = "circle"\n', "holes"),
         ("[stage2]\nbatch_size = 0\n", "batch_size"),
         ("[losses]\ngan = true\n", "gan"),
+        ("[data]\njitter_probability = 2.0\n", "jitter_probability"),
     ]:
         path.write_text(text)
         with pytest.raises(UsageError, match=message):
             load_config(path)
+
+
+def test_jitter_ranges_reach_the_augmentation(tmp_path: Path) -> None:
+    path = tmp_path / "train.toml"
+    path.write_text("[data]\naugment = true\njitter_shift_px = 8.0\njitter_probability = 0.75\n")
+    options = augment_options(load_config(path).data)
+    assert options is not None
+    assert (options.jitter_shift_px, options.jitter_probability) == (8.0, 0.75)
+    assert (options.jitter_scale, options.jitter_rotation_deg) == (0.05, 4.0)  # the defaults
+    assert options.colour_probability == AugmentOptions().colour_probability
+    assert augment_options(TrainConfig().data) is None  # augment = false
 
 
 def test_cli_train_prints_config_and_runs(

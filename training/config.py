@@ -37,6 +37,7 @@ from avinpaint.config import ModelConfig, preset
 from avinpaint.discriminator import DiscriminatorConfig
 from avinpaint.losses import LossWeights
 from stream.errors import UsageError
+from training.augment import AugmentOptions
 
 T = TypeVar("T")
 
@@ -93,6 +94,11 @@ class DataConfig:
         augment: video-gap augmentation of every crop (``training.augment``: alignment
             jitter, glasses, lighting, colour, blur, resolution, compression); off keeps the
             official sampling.
+        jitter_probability, jitter_rotation_deg, jitter_scale, jitter_shift_px: the
+            alignment jitter of ``augment`` (``AugmentOptions``'s fields of the same names;
+            the defaults are its defaults). A covered face in video is cropped where the
+            placement network guesses, a few pixels and percent from where its clean crop
+            would be, so a generator that reads only well-placed crops fills it worse.
         workers: DataLoader worker processes (0 loads in the training process).
     """
 
@@ -102,10 +108,18 @@ class DataConfig:
     flip: bool = True
     grayscale_probability: float = 0.1
     augment: bool = False
+    jitter_probability: float = AugmentOptions.jitter_probability
+    jitter_rotation_deg: float = AugmentOptions.jitter_rotation_deg
+    jitter_scale: float = AugmentOptions.jitter_scale
+    jitter_shift_px: float = AugmentOptions.jitter_shift_px
     workers: int = 0
 
     def __post_init__(self) -> None:
         _check_range("data.grayscale_probability", self.grayscale_probability, 0.0, 1.0)
+        _check_range("data.jitter_probability", self.jitter_probability, 0.0, 1.0)
+        _check_range("data.jitter_rotation_deg", self.jitter_rotation_deg, 0.0, 45.0)
+        _check_range("data.jitter_scale", self.jitter_scale, 0.0, 0.5)
+        _check_range("data.jitter_shift_px", self.jitter_shift_px, 0.0, 64.0)
         _check_range("data.workers", self.workers, 0, 64)
 
 

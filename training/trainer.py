@@ -67,7 +67,7 @@ from avinpaint.losses import (
 from avinpaint.model import Generator
 from stream.errors import UsageError
 from training.augment import AugmentOptions
-from training.config import RESUMABLE_KEYS, TrainConfig, config_differences
+from training.config import RESUMABLE_KEYS, DataConfig, TrainConfig, config_differences
 from training.data import (
     DatasetIndex,
     FaceVoiceDataset,
@@ -409,7 +409,7 @@ class Trainer:
             face_only_audio=data.face_only_audio,
             flip=data.flip,
             grayscale_probability=data.grayscale_probability,
-            augment=AugmentOptions() if data.augment else None,
+            augment=augment_options(data),
         )
         return FaceVoiceDataset(self.index, "train", self.speakers, options, stage)
 
@@ -752,6 +752,18 @@ def train(config: TrainConfig, run_dir: Path, progress: bool = True) -> TrainRes
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def augment_options(data: DataConfig) -> AugmentOptions | None:
+    """The video-gap augmentation ``data`` asks for (None: off), with its jitter ranges."""
+    if not data.augment:
+        return None
+    return AugmentOptions(
+        jitter_probability=data.jitter_probability,
+        jitter_rotation_deg=data.jitter_rotation_deg,
+        jitter_scale=data.jitter_scale,
+        jitter_shift_px=data.jitter_shift_px,
+    )
 
 
 def _trainable(*modules: nn.Module | None) -> list[nn.Parameter]:

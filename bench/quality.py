@@ -92,6 +92,7 @@ from bench.restore_video import (
 )
 from stream.align import crop_at
 from stream.audio import read_audio_16k
+from stream.batch import VIDEO_SUFFIXES
 from stream.composite import composite, inpaint_hole
 from stream.engines_cli import open_model_inpainter, parse_backend_arguments
 from stream.inpaint import Inpainter, OpenCVInpainter
@@ -169,13 +170,15 @@ class Clip:
 
 
 def find_clips(specs: Sequence[str]) -> list[Path]:
-    """Video files named by ``specs`` (files, folders searched for ``*.mp4``, or globs),
-    sorted by name, each once."""
+    """Video files named by ``specs`` (files, folders searched for every video suffix
+    ``avstream batch`` takes, or globs), sorted by name, each once."""
     found: set[Path] = set()
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            found.update(path.rglob("*.mp4"))
+            found.update(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+            )
         elif path.is_file():
             found.add(path)
         else:

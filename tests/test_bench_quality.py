@@ -19,6 +19,7 @@ from bench.quality import (
     Clip,
     Identity,
     Restorer,
+    find_clips,
     main,
     measure_clip,
     median_pitch_hz,
@@ -277,3 +278,12 @@ def test_model_true_restores_exactly_the_painted_region(own: ClipTruth, tmp_path
             outside = ~inside
             diff = np.abs(after.image[outside].astype(int) - before.image[outside]).mean()
             assert diff < 1.0
+
+
+def test_find_clips_takes_every_video_suffix(tmp_path: Path) -> None:
+    for name in ("a.mp4", "grid/b.mpg", "c.MOV", "notes.txt", "d.wav"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in find_clips([str(tmp_path)])] == ["a.mp4", "b.mpg", "c.MOV"]
+    assert [p.name for p in find_clips([str(tmp_path / "*.mp4")])] == ["a.mp4"]
+    assert find_clips([str(tmp_path / "missing")]) == []

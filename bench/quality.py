@@ -22,6 +22,10 @@ restored under every condition, each from the same masked file:
   the speaker the ``model`` run heard last (the clip's own voice at its end), or the neutral
   speaker when that run is not asked for. It separates the fill's quality from the
   detector's: ``model`` vs ``model_true`` is what detection costs.
+- ``model_placed``: as ``model_true``, but each face cut where the ``model`` run's
+  ``--mask-detect`` placed it (``model_placed``; a face it placed no crop for is cut with
+  the painting's alignment). ``model_true`` vs ``model_placed`` is what the covered-face
+  placement costs, ``model_placed`` vs ``model`` what the detected region costs.
 
 Only the last ``--max-frames`` frames of a clip are restored and measured (``--head`` takes
 the first ones): the speaker window is causal and needs 2 s of speech, so a frame hears
@@ -31,7 +35,9 @@ speech never gets a speaker window: its three model conditions are the same (the
 
 Metrics, per clip and condition, against the unmasked original over the restored frames, on
 8-bit levels (all three channels): PSNR and L1 (mean absolute error) INSIDE the true painted
-mask; PSNR outside it within the face (the face ellipse of ``stream.mask_detect`` warped to
+mask, and inside it split into the pixels the ``model`` run restored and those it left (its
+provenance sidecar; every condition is split by the same pixels, so the columns compare
+alike); PSNR outside it within the face (the face ellipse of ``stream.mask_detect`` warped to
 the frame, minus the painted mask grown by ``DILATE_PX``: damage to visible skin); SFace
 cosine similarity of each face to the same face in the original, every frame; dlib's
 descriptor cosine similarity and distance (the ``eval`` extra) every ``--dlib-every``-th
@@ -118,10 +124,11 @@ CONDITIONS = (
     "telea",
     "model",
     "model_true",
+    "model_placed",
     "model_swapped",
     "model_novoice",
 )
-MODEL_CONDITIONS = ("model", "model_true", "model_swapped", "model_novoice")
+MODEL_CONDITIONS = ("model", "model_true", "model_placed", "model_swapped", "model_novoice")
 OCCLUDERS = (*(str(kind) for kind in FACE_MASK_KINDS), "hand")
 MONTAGE = ("original", "masked", "telea_true", "model")
 LOW_VOICE_HZ = 175.0
@@ -356,13 +363,18 @@ class Restorer:
                 files[name] = clip.path
             elif name == "telea_true":
                 files[name] = telea_true_mask(clip, output)
-            elif name == "model_true":
+            elif name in ("model_true", "model_placed"):
                 if self.model is None:
-                    raise RuntimeError("model_true needs the model")
+                    raise RuntimeError(f"{name} needs the model")
                 if "model" not in self.conditions:
                     self.model.use_features(None)
+                affines: Sequence[Sequence[npt.NDArray[np.float64]]] = clip.affines
+                if name == "model_placed":
+                    if "model" not in restorations:
+                        raise RuntimeError("model_placed needs the model condition run first")
+                    affines = placed_affines(clip, restorations["model"].regions)
                 counting = CountingInpainter(self.model)
-                files[name] = model_true_mask(clip, output, counting)
+                files[name] = model_true_mask(clip, output, counting, affines)
                 self.fills[name] = counting.counts()
             else:
                 restorations[name] = self._pipeline(name, clip.path, output, partner)
@@ -415,16 +427,23 @@ class Restorer:
         )
 
 
-def model_true_mask(clip: MaskedClip, output: Path, inpainter: Inpainter) -> Path:
+def model_true_mask(
+    clip: MaskedClip,
+    output: Path,
+    inpainter: Inpainter,
+    affines: Sequence[Sequence[npt.NDArray[np.float64]]] | None = None,
+) -> Path:
     """``inpainter`` on every painted face with the TRUE painted region: the face's crop cut
-    with the painting's own alignment, the truth warped into it (covered where >= 0.5), the
-    inpainter seeing that region grown by the pipeline's ``context_px`` and the composite
-    changing exactly the region, as the pipeline does with a detected one."""
+    with the painting's own alignment (or per frame ``affines``: frame -> crop), the truth
+    warped into it (covered where >= 0.5), the inpainter seeing that region grown by the
+    pipeline's ``context_px`` and the composite changing exactly the region, as the pipeline
+    does with a detected one."""
     context_px = MaskDetectOptions().context_px
+    crops = clip.affines if affines is None else affines
 
     def restore(index: int, image: Image) -> Image:
         truth = clip.truth[index].astype(np.float32)
-        for affine in clip.affines[index]:
+        for affine in crops[index]:
             face = crop_at(image, affine)
             warped = cv2.warpAffine(truth, affine, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR)
             hole = np.asarray(warped >= 0.5, np.float32)
@@ -435,6 +454,35 @@ def model_true_mask(clip: MaskedClip, output: Path, inpainter: Inpainter) -> Pat
         return image
 
     return rewrite_frames(clip, output, restore)
+
+
+def placed_affines(
+    clip: MaskedClip, regions: dict[int, list[tuple[Mask, npt.NDArray[np.float64]]]]
+) -> list[list[npt.NDArray[np.float64]]]:
+    """Per frame, each painted face's crop as a pipeline run placed it: the run's crop whose
+    centre lies nearest the painting's crop centre, within half a crop; else the painting's
+    own alignment (a face the run did not restore)."""
+    centre = np.array([CROP_SIZE / 2.0, CROP_SIZE / 2.0, 1.0])
+    placed: list[list[npt.NDArray[np.float64]]] = []
+    for index, truths in enumerate(clip.affines):
+        candidates = [
+            np.asarray(cv2.invertAffineTransform(inverse), np.float64)
+            for _, inverse in regions.get(index, [])
+        ]
+        faces = []
+        for affine in truths:
+            # The crop's half size in frame pixels, from the scale of its inverse.
+            inverse = cv2.invertAffineTransform(affine)
+            reach = 0.5 * CROP_SIZE * math.sqrt(abs(np.linalg.det(inverse[:, :2])))
+            middle = inverse @ centre
+            best, best_d = affine, reach
+            for candidate in candidates:
+                d = float(np.linalg.norm(cv2.invertAffineTransform(candidate) @ centre - middle))
+                if d < best_d:
+                    best, best_d = candidate, d
+            faces.append(np.asarray(best, np.float64))
+        placed.append(faces)
+    return placed
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -513,6 +561,11 @@ class ClipMeasures:
 
     names: list[str]
     inside: dict[str, PixelErrors]
+    restored: dict[str, PixelErrors]
+    """Inside the painted mask, where the ``model`` run (else the first pipeline run)
+    restored: the same pixels for every condition."""
+    missed: dict[str, PixelErrors]
+    """Inside the painted mask, where that run restored nothing."""
     outside: dict[str, PixelErrors]
     sface: dict[str, Similarity]
     dlib: dict[str, Similarity]
@@ -528,6 +581,8 @@ class ClipMeasures:
             list(names),
             {n: PixelErrors() for n in names},
             {n: PixelErrors() for n in names},
+            {n: PixelErrors() for n in names},
+            {n: PixelErrors() for n in names},
             {n: Similarity() for n in names},
             {n: Similarity() for n in names},
             {n: DetectionOverlap() for n in pipeline},
@@ -539,6 +594,8 @@ class ClipMeasures:
         result: dict[str, Any] = {
             "psnr_in_db": inside["psnr_db"],
             "l1_in_levels": inside["mae_levels"],
+            "psnr_in_restored_db": self.restored[name].summary()["psnr_db"],
+            "psnr_in_missed_db": self.missed[name].summary()["psnr_db"],
             "psnr_out_db": outside["psnr_db"],
             "l1_out_levels": outside["mae_levels"],
             "sface_cosine": self.sface[name].cosine(),
@@ -566,13 +623,18 @@ def measure_clip(
     restored = {
         name: restored_by_frame(r.path, clip.truth.shape) for name, r in restorations.items()
     }
+    split_by = "model" if "model" in restored else next(iter(restored), None)
     middle = len(clip.pts) // 2
     for index, images in enumerate(frames_in_step(paths, clip.pts, clip.first_frame)):
         truth = clip.truth[index]
         outside = face_area(clip.affines[index], truth.shape) & ~_grow(truth, DILATE_PX)
+        hit = truth & restored[split_by].get(index, np.zeros_like(truth)) if split_by else None
         for name, image in zip(names, images[1:], strict=True):
             measures.inside[name].add(image, images[0], truth)
             measures.outside[name].add(image, images[0], outside)
+            if hit is not None:
+                measures.restored[name].add(image, images[0], hit)
+                measures.missed[name].add(image, images[0], truth & ~hit)
         for name, restoration in restorations.items():
             detected = np.zeros(truth.shape, dtype=bool)
             for mask_256, inverse in restoration.regions.get(index, []):
@@ -687,6 +749,8 @@ def _mean(values: Sequence[float | None]) -> float | None:
 MEAN_METRICS = (
     "psnr_in_db",
     "l1_in_levels",
+    "psnr_in_restored_db",
+    "psnr_in_missed_db",
     "psnr_out_db",
     "l1_out_levels",
     "sface_cosine",
@@ -796,6 +860,16 @@ def _voice_share(clips: dict[str, Any]) -> dict[str, Any]:
 _TABLES = (
     ("psnr_in_db", "PSNR inside the painted mask (dB, 8-bit) ↑", "{:.2f}"),
     ("l1_in_levels", "L1 inside the painted mask (8-bit levels) ↓", "{:.2f}"),
+    (
+        "psnr_in_restored_db",
+        "PSNR inside the painted mask, where the `model` run restored (dB) ↑",
+        "{:.2f}",
+    ),
+    (
+        "psnr_in_missed_db",
+        "PSNR inside the painted mask, where the `model` run restored nothing (dB) ↑",
+        "{:.2f}",
+    ),
     ("psnr_out_db", "PSNR outside the mask, within the face (dB) ↑", "{:.2f}"),
     ("sface_cosine", "SFace cosine to the original face ↑", "{:.3f}"),
     ("dlib_cosine", "dlib descriptor cosine to the original face ↑", "{:.4f}"),

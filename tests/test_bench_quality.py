@@ -9,12 +9,15 @@ import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
 import stream.cli
+from avinpaint.spec import CROP_SIZE
 from bench.quality import (
     Clip,
     Identity,
@@ -25,6 +28,7 @@ from bench.quality import (
     median_pitch_hz,
     occluder_shapes,
     pick_partner,
+    placed_affines,
 )
 from bench.restore_video import make_masked_clip
 from stream.inpaint import OpenCVInpainter
@@ -92,6 +96,10 @@ def test_report_structure(report: Path) -> None:
         assert telea["changed_recall"] >= telea["detect_recall"] - 0.01
         assert 0.5 < telea["changed_precision"] <= 1.0
         assert conditions["telea"]["fills"] >= 1 and conditions["telea"]["guard_fallbacks"] == 0
+        # Without a model run, the mask is split by what the telea run restored.
+        for metrics in conditions.values():
+            assert metrics["psnr_in_restored_db"] > 0
+        assert telea["psnr_in_restored_db"] != conditions["masked"]["psnr_in_restored_db"]
     assert result["means"]["masked"]["psnr_in_db"] is not None
     table = (report / "quality.md").read_text()
     assert "| **mean** |" in table and "quality_own" in table
@@ -255,6 +263,9 @@ class _GreyModel:
     def use_features(self, features: object) -> None:
         assert features is None
 
+    def use_speech(self, window: SpeechWindow) -> None:
+        pass
+
     def inpaint(self, crops: Sequence[Image], masks: Sequence[Mask]) -> list[InpaintResult]:
         out = []
         for crop, mask in zip(crops, masks, strict=True):
@@ -287,3 +298,37 @@ def test_find_clips_takes_every_video_suffix(tmp_path: Path) -> None:
     assert [p.name for p in find_clips([str(tmp_path)])] == ["a.mp4", "b.mpg", "c.MOV"]
     assert [p.name for p in find_clips([str(tmp_path / "*.mp4")])] == ["a.mp4"]
     assert find_clips([str(tmp_path / "missing")]) == []
+
+
+def test_placed_affines_take_the_pipeline_crop_nearest_each_painted_face() -> None:
+    painted = np.array([[0.5, 0.0, -40.0], [0.0, 0.5, -20.0]])  # frame -> crop, 2x zoom out
+    near = painted.copy()
+    near[:, 2] += (3.0, -2.0)  # 6 px and 4 px in the frame: the same face
+    far = painted.copy()
+    far[:, 2] -= (150.0, 0.0)  # another face 300 px to the right
+    grey = np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
+    clip = SimpleNamespace(affines=[[painted], [painted], [painted]])
+    regions = {
+        0: [(grey, cv2.invertAffineTransform(far)), (grey, cv2.invertAffineTransform(near))],
+        1: [(grey, cv2.invertAffineTransform(far))],
+    }
+    placed = placed_affines(clip, regions)  # type: ignore[arg-type]
+    np.testing.assert_allclose(placed[0][0], near, atol=1e-9)
+    np.testing.assert_allclose(placed[1][0], painted)  # only a far crop: the painting's own
+    np.testing.assert_allclose(placed[2][0], painted)  # nothing restored there
+
+
+def test_model_placed_restores_the_true_region_in_the_runs_crops(
+    own: ClipTruth, tmp_path: Path
+) -> None:
+    clip = make_masked_clip(own.path, tmp_path / "m.mp4", seed=2, max_frames=3, first_frame=20)
+    restorer = Restorer(("model", "model_placed"), _GreyModel(), tmp_path)  # type: ignore[arg-type]
+    files, restorations = restorer.run(clip, None)
+    assert set(restorations) == {"model"} and restorer.fills["model_placed"]["fills"] == 3
+    with VideoReader(files["model_placed"]) as restored:
+        for index, frame in enumerate(restored):
+            inside = clip.truth[index]
+            assert np.abs(frame.image[inside].astype(int) - 128).mean() < 4.0
+    alone = Restorer(("model_placed",), _GreyModel(), tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="model condition"):
+        alone.run(clip, None)

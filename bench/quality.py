@@ -23,7 +23,7 @@ restored under every condition, each from the same masked file:
   speaker when that run is not asked for. It separates the fill's quality from the
   detector's: ``model`` vs ``model_true`` is what detection costs.
 - ``model_placed``: as ``model_true``, but each face cut where the ``model`` run's
-  ``--mask-detect`` placed it (``model_placed``; a face it placed no crop for is cut with
+  ``--mask-detect`` placed it (``placed_affines``; a face it placed no crop for is cut with
   the painting's alignment). ``model_true`` vs ``model_placed`` is what the covered-face
   placement costs, ``model_placed`` vs ``model`` what the detected region costs.
 
@@ -466,7 +466,7 @@ def placed_affines(
     placed: list[list[npt.NDArray[np.float64]]] = []
     for index, truths in enumerate(clip.affines):
         candidates = [
-            np.asarray(cv2.invertAffineTransform(inverse), np.float64)
+            (np.asarray(cv2.invertAffineTransform(inverse), np.float64), inverse @ centre)
             for _, inverse in regions.get(index, [])
         ]
         faces = []
@@ -476,8 +476,8 @@ def placed_affines(
             reach = 0.5 * CROP_SIZE * math.sqrt(abs(np.linalg.det(inverse[:, :2])))
             middle = inverse @ centre
             best, best_d = affine, reach
-            for candidate in candidates:
-                d = float(np.linalg.norm(cv2.invertAffineTransform(candidate) @ centre - middle))
+            for candidate, candidate_middle in candidates:
+                d = float(np.linalg.norm(candidate_middle - middle))
                 if d < best_d:
                     best, best_d = candidate, d
             faces.append(np.asarray(best, np.float64))

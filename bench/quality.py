@@ -345,7 +345,8 @@ class Restorer:
     model: ModelInpainter | None
     work: Path
     detect: MaskDetectOptions = field(default_factory=MaskDetectOptions)
-    """``--mask-detect``'s options (``--mask-weights``, ``--placement-from``)."""
+    """``--mask-detect``'s options (``--mask-weights``, ``--placement-from``,
+    ``--refine-passes``)."""
     seconds: dict[str, float] = field(default_factory=dict)
     fills: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -963,6 +964,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         detect = MaskDetectOptions(
             weights=args.mask_weights,
             placement_from=args.placement_from,
+            refine_passes=args.refine_passes,
             past_crop=past_crop_options(args.past_crop),
         )
         restorer = Restorer(tuple(args.conditions), model, work, detect)
@@ -993,6 +995,7 @@ def settings(args: argparse.Namespace, identity: Identity) -> dict[str, Any]:
         "seed": args.seed,
         "mask_weights": str(args.mask_weights or "shipped"),
         "placement_from": args.placement_from,
+        "refine_passes": args.refine_passes,
         "dlib": identity.dlib is not None,
         "dlib_every": args.dlib_every,
         "levels": "8-bit (0..255), all three channels; PSNR peak 255",
@@ -1040,6 +1043,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=get_args(PlacementSource),
         default="both",
         help="how --mask-detect places covered faces (MaskDetectOptions.placement_from)",
+    )
+    parser.add_argument(
+        "--refine-passes",
+        type=int,
+        default=MaskDetectOptions.refine_passes,
+        help="second looks of the placement network (MaskDetectOptions.refine_passes; 0: off)",
     )
     parser.add_argument(
         "--past-crop",

@@ -40,6 +40,7 @@ from stream.align import (
     AveragedPlacement,
     Placement,
     PlacementNetwork,
+    RefinedPlacement,
     shipped_covered_placement,
 )
 from stream.errors import AvstreamError
@@ -120,7 +121,10 @@ class MaskDetectOptions:
     coverage profile (``stream.align.CoveredPlacement``, see ``bench.mask_realign``), or
     ``"both"`` (the default), the mean of the two (``stream.align.AveragedPlacement``: on
     the training-split clips, leave-identity-out, it finds more of the occluder than either;
-    docs/MODEL_CARD_occlusion.md). ``backend``: onnxruntime
+    docs/MODEL_CARD_occlusion.md). ``refine_passes``, ``refine_step``: after that, the
+    network looks again at the crop it made and moves it ``refine_step`` of the way it says,
+    this many times (``stream.align.RefinedPlacement``; not with ``"mask"``; 0 turns it
+    off). ``backend``: onnxruntime
     (default) or torch. ``weights``: a .onnx (onnxruntime) or .safetensors (torch) file
     instead of the shipped one. ``threads``: intra-op threads of the backend."""
 
@@ -138,6 +142,8 @@ class MaskDetectOptions:
     change_levels: float = 3.0
     place_covered: bool = True
     placement_from: PlacementSource = "both"
+    refine_passes: int = 1
+    refine_step: float = 0.5
     backend: Backend = "onnxruntime"
     weights: Path | None = None
     threads: int = 1
@@ -164,6 +170,8 @@ class MaskDetectOptions:
             raise ValueError(f"change_levels must be >= 0, got {self.change_levels}")
         if self.placement_from not in get_args(PlacementSource):
             raise ValueError(f"placement_from must be both, crop or mask: {self.placement_from!r}")
+        if self.refine_passes < 0 or not 0.0 < self.refine_step <= 1.0:
+            raise ValueError("refine_passes must be >= 0 and refine_step within (0, 1]")
 
 
 @dataclass(frozen=True, eq=False)
@@ -330,9 +338,14 @@ class MaskDetector:
             return shipped_covered_placement()
         if self._network is None:
             self._network = PlacementNetwork(threads=self.options.threads)
-        if self.options.placement_from == "crop":
-            return self._network
-        return AveragedPlacement(self._network, shipped_covered_placement())
+        first: Placement = self._network
+        if self.options.placement_from == "both":
+            first = AveragedPlacement(self._network, shipped_covered_placement())
+        if self.options.refine_passes == 0:
+            return first
+        return RefinedPlacement(
+            first, self._network, self.options.refine_passes, self.options.refine_step
+        )
 
     def predict_placed(self, faces: list[AlignedFace], track_ids: Sequence[int]) -> list[Occlusion]:
         """The second pass: the covered faces of the latest ``predict``, cropped again

@@ -129,7 +129,7 @@ def place_covered_faces(
     if placement is None or not chosen:
         return out_faces, out_occlusions
     affines = placement.place_faces(
-        [faces[i] for i in chosen], [occlusions[i].mask_256 for i in chosen]
+        image, [faces[i] for i in chosen], [occlusions[i].mask_256 for i in chosen]
     )
     placed = [crop_at(image, affine) for affine in affines]
     second = model.predict_placed(placed, [track_ids[i] for i in chosen])

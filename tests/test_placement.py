@@ -19,6 +19,7 @@ from stream.align import (
     AveragedPlacement,
     CoveredPlacement,
     PlacementNetwork,
+    RefinedPlacement,
     crop_at,
     offset_matrix,
     shipped_covered_placement,
@@ -121,7 +122,8 @@ def test_the_exported_network_matches_torch_and_places_faces(tmp_path: Path) -> 
     assert runtime.offsets(crops[:0]).shape == (0, 4)
     affine = np.array([[1.4, 0.3, -40.0], [-0.3, 1.4, -20.0]])
     face = AlignedFace(crops[0], affine, cv2.invertAffineTransform(affine))
-    (placed,) = runtime.place_faces([face], [np.zeros((CROP_SIZE, CROP_SIZE), np.float32)])
+    image = _smooth(9, 480)  # the frame: this placement does not read it
+    (placed,) = runtime.place_faces(image, [face], [np.zeros((CROP_SIZE, CROP_SIZE), np.float32)])
     np.testing.assert_allclose(placed, undo_offset(affine, expected[0]), atol=1e-4)
     with pytest.raises(AvstreamError, match="placement network"):
         PlacementNetwork(tmp_path / "missing.onnx")
@@ -146,14 +148,61 @@ def test_training_checkpoints_and_resumes(tmp_path: Path) -> None:
 
 def test_mask_detect_chooses_where_placement_comes_from() -> None:
     both = MaskDetector(MaskDetectOptions()).placement()
-    assert isinstance(both, AveragedPlacement)
-    assert both.ridge == shipped_covered_placement()
-    by_crop = MaskDetector(MaskDetectOptions(placement_from="crop")).placement()
-    assert isinstance(by_crop, PlacementNetwork)
+    assert isinstance(both, RefinedPlacement)
+    assert (both.passes, both.step) == (1, 0.5)
+    assert isinstance(both.first, AveragedPlacement)
+    assert both.first.ridge == shipped_covered_placement()
+    assert both.network is both.first.network
+    unrefined = MaskDetector(MaskDetectOptions(refine_passes=0)).placement()
+    assert isinstance(unrefined, AveragedPlacement)
+    by_crop = MaskDetector(MaskDetectOptions(placement_from="crop", refine_passes=2)).placement()
+    assert isinstance(by_crop, RefinedPlacement) and by_crop.passes == 2
+    assert isinstance(by_crop.first, PlacementNetwork)
     by_mask = MaskDetector(MaskDetectOptions(placement_from="mask")).placement()
     assert isinstance(by_mask, CoveredPlacement)
     with pytest.raises(ValueError, match="placement_from"):
         MaskDetectOptions(placement_from="eyes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="refine_passes"):
+        MaskDetectOptions(refine_passes=-1)
+    with pytest.raises(ValueError, match="refine_step"):
+        MaskDetectOptions(refine_step=0.0)
+
+
+def test_the_refined_placement_moves_each_crop_by_the_network_s_second_look(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(2)
+    path = tmp_path / "placement.onnx"
+    export_onnx(PlacementNet().eval(), path)
+    network = PlacementNetwork(path)
+    coefficients = np.zeros((PLACEMENT_FEATURES, 4))
+    coefficients[0] = [math.log(1.1), 0.05, -6.0, 12.0]
+    ridge = CoveredPlacement(coefficients)
+    image = _smooth(11, 480)
+    affines = [
+        np.array([[1.4, 0.3, -40.0], [-0.3, 1.4, -20.0]]),
+        np.array([[0.9, -0.1, 20.0], [0.1, 0.9, -30.0]]),
+    ]
+    faces = [crop_at(image, a) for a in affines]
+    masks = [np.zeros((CROP_SIZE, CROP_SIZE), np.float32)] * 2
+    first = ridge.place_faces(image, faces, masks)
+    # Each pass reads the crop the previous one made, in the frame, and moves it part way.
+    once = RefinedPlacement(ridge, network, passes=1, step=0.5).place_faces(image, faces, masks)
+    looks = network.offsets(np.stack([crop_at(image, a).crop for a in first]))
+    for got, start, look in zip(once, first, looks, strict=True):
+        np.testing.assert_allclose(got, undo_offset(start, 0.5 * look), atol=1e-9)
+    twice = RefinedPlacement(ridge, network, passes=2, step=1.0).place_faces(image, faces, masks)
+    full = [undo_offset(a, o) for a, o in zip(first, looks, strict=True)]
+    again = network.offsets(np.stack([crop_at(image, a).crop for a in full]))
+    for got, start, look in zip(twice, full, again, strict=True):
+        np.testing.assert_allclose(got, undo_offset(start, look), atol=1e-9)
+    unmoved = RefinedPlacement(ridge, network, passes=0).place_faces(image, faces, masks)
+    np.testing.assert_allclose(np.stack(unmoved), np.stack(first))
+    assert RefinedPlacement(ridge, network).place_faces(image, [], []) == []
+    with pytest.raises(ValueError, match="passes"):
+        RefinedPlacement(ridge, network, passes=-1)
+    with pytest.raises(ValueError, match="step"):
+        RefinedPlacement(ridge, network, step=1.5)
 
 
 def test_the_averaged_placement_is_the_mean_of_both_offsets(tmp_path: Path) -> None:
@@ -167,10 +216,11 @@ def test_the_averaged_placement_is_the_mean_of_both_offsets(tmp_path: Path) -> N
     affine = np.array([[1.4, 0.3, -40.0], [-0.3, 1.4, -20.0]])
     face = AlignedFace(_smooth(7, CROP_SIZE), affine, cv2.invertAffineTransform(affine))
     mask = np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
-    (placed,) = AveragedPlacement(network, ridge).place_faces([face], [mask])
+    image = _smooth(9, 480)
+    (placed,) = AveragedPlacement(network, ridge).place_faces(image, [face], [mask])
     mean = (network.offsets(face.crop[None])[0] + coefficients[0]) / 2
     np.testing.assert_allclose(placed, undo_offset(affine, mean), atol=1e-9)
-    assert AveragedPlacement(network, ridge).place_faces([], []) == []
+    assert AveragedPlacement(network, ridge).place_faces(image, [], []) == []
 
 
 @pytest.mark.realdata
@@ -206,3 +256,44 @@ def test_the_shipped_network_places_covered_photo_faces(shared_data: Path) -> No
     errors = offset_errors(network.offsets(np.stack(crops)), np.asarray(truths))
     assert errors["median_log_scale"] < 0.08
     assert errors["median_shift_px"] < 10.0
+
+
+@pytest.mark.realdata
+def test_a_second_look_places_covered_photo_faces_closer(shared_data: Path) -> None:
+    """The same held-out LFW faces, masked, cropped zoomed in and moved down as YuNet does
+    under a mask, or zoomed out, in a frame (their wide view): the network's second look at
+    the crop that the default placement's first look made (``RefinedPlacement`` of the
+    ``AveragedPlacement``) lands nearer the well-placed crop than the first look alone
+    (measured: median centre error 8.5 -> 8.0 px)."""
+    from stream.detect import DetectorOptions, FaceDetector
+    from training.segmenter import _group, find_face, split_of
+
+    photos = [
+        p
+        for p in sorted((shared_data / "faces" / "lfw").rglob("*.jpg"))
+        if split_of(_group("faces/lfw", p)) == "test"
+    ][::40][:12]
+    finder = FaceDetector(DetectorOptions(min_face_px=32.0))
+    network = PlacementNetwork()
+    first = AveragedPlacement(network, shipped_covered_placement())
+    refined = RefinedPlacement(first, network)
+    well = np.array([[1.0, 0.0, -float(BORDER_PX)], [0.0, 1.0, -float(BORDER_PX)]])
+    truth = cv2.invertAffineTransform(well) @ np.array([128.0, 128.0, 1.0])
+    errors: dict[str, list[float]] = {"first": [], "refined": []}
+    for path in photos:
+        image = np.asarray(cv2.imread(str(path), cv2.IMREAD_COLOR), np.uint8)
+        face = find_face(finder, image)
+        assert face is not None
+        view, _ = wide_view(image, face.landmarks5)
+        painted = np.zeros(view.shape[:2], np.uint8)
+        cv2.ellipse(painted, (128 + BORDER_PX, 190 + BORDER_PX), (95, 70), 0, 0, 360, 255, -1)
+        view[painted > 0] = (190, 200, 205)
+        for offset in ([math.log(1.25), 0.0, 0.0, 20.0], [math.log(0.8), 0.0, 0.0, -10.0]):
+            affine = (offset_matrix(offset) @ np.vstack([well, [0, 0, 1]]))[:2]
+            aligned = crop_at(view, affine)
+            mask = crop_at(painted, affine).crop.astype(np.float32) / 255.0
+            for name, placement in (("first", first), ("refined", refined)):
+                (placed,) = placement.place_faces(view, [aligned], [mask])
+                centre = cv2.invertAffineTransform(placed) @ np.array([128.0, 128.0, 1.0])
+                errors[name].append(float(np.hypot(*(centre - truth))))
+    assert np.median(errors["refined"]) < np.median(errors["first"])

@@ -223,6 +223,17 @@ def test_the_averaged_placement_is_the_mean_of_both_offsets(tmp_path: Path) -> N
     assert AveragedPlacement(network, ridge).place_faces(image, [], []) == []
 
 
+def _held_out_lfw(shared_data: Path) -> list[Path]:
+    """Every 40th LFW photo of the test split, 12 of them: people the network never saw."""
+    from training.segmenter import _group, split_of
+
+    return [
+        p
+        for p in sorted((shared_data / "faces" / "lfw").rglob("*.jpg"))
+        if split_of(_group("faces/lfw", p)) == "test"
+    ][::40][:12]
+
+
 @pytest.mark.realdata
 def test_the_shipped_network_places_covered_photo_faces(shared_data: Path) -> None:
     """Held-out LFW faces (test split) with a surgical mask painted on, cropped zoomed in
@@ -230,13 +241,9 @@ def test_the_shipped_network_places_covered_photo_faces(shared_data: Path) -> No
     to the true one (measured: median log-scale error 0.031, shift 6.1 px; the crops
     themselves are off by 0.22 or 0.29 in log scale and 0 or 20 px)."""
     from stream.detect import DetectorOptions, FaceDetector
-    from training.segmenter import _group, find_face, split_of
+    from training.segmenter import find_face
 
-    photos = [
-        p
-        for p in sorted((shared_data / "faces" / "lfw").rglob("*.jpg"))
-        if split_of(_group("faces/lfw", p)) == "test"
-    ][::40][:12]
+    photos = _held_out_lfw(shared_data)
     assert len(photos) == 12
     finder = FaceDetector(DetectorOptions(min_face_px=32.0))
     network = PlacementNetwork()
@@ -266,13 +273,9 @@ def test_a_second_look_places_covered_photo_faces_closer(shared_data: Path) -> N
     ``AveragedPlacement``) lands nearer the well-placed crop than the first look alone
     (measured: median centre error 8.5 -> 8.0 px)."""
     from stream.detect import DetectorOptions, FaceDetector
-    from training.segmenter import _group, find_face, split_of
+    from training.segmenter import find_face
 
-    photos = [
-        p
-        for p in sorted((shared_data / "faces" / "lfw").rglob("*.jpg"))
-        if split_of(_group("faces/lfw", p)) == "test"
-    ][::40][:12]
+    photos = _held_out_lfw(shared_data)
     finder = FaceDetector(DetectorOptions(min_face_px=32.0))
     network = PlacementNetwork()
     first = AveragedPlacement(network, shipped_covered_placement())

@@ -46,6 +46,12 @@ project's 5-point alignment), so every condition is cut out alike. Pipeline cond
 the detector's overlap with the painted mask and what the pipeline reports (restored
 frames, faces regenerated, speaker windows, and any guard or coverage counts it has).
 
+With ``--training-manifest`` (the ``manifest.jsonl`` of the dataset the model was trained
+on) each clip is labelled by whether the model trained on its person (``model_saw``:
+``train``, ``test`` for a person the data holds out, ``none``), and every table gets a mean
+row per group (``means_by_split``): a model restores the people it trained on far better
+than strangers, so only the held-out rows say what a user's clips will get.
+
 Writes ``quality.json`` (settings, per clip, means, summary), ``quality.md`` (tables, a row
 per clip and a mean row) and ``montage.png`` (a row per clip: original, masked, telea_true,
 model; the middle frame's face) into ``-o DIR``.
@@ -53,6 +59,7 @@ model; the middle frame's face) into ``-o DIR``.
     python -m bench.quality [-o DIR] [--clips PATH|DIR|GLOB ...] [--max-frames 50]
         [--conditions masked telea_true telea model model_swapped model_novoice]
         [--model lite|PATH.safetensors] [--no-guard] [--seed 0] [--dlib-every 10] [--keep]
+        [--training-manifest DATASET/manifest.jsonl]
 """
 
 from __future__ import annotations
@@ -108,6 +115,7 @@ from stream.model_inpainter import ModelInpainter
 from stream.past_crop import PastCropOptions
 from stream.provenance import read_sidecar, restored_mask, sidecar_path
 from stream.types import Image, InpaintResult, Mask
+from training.manifest import CropRecord, read_manifest
 from training.masks import FACE_MASK_KINDS, FaceMaskShape, HandBlob, ShapeGenerator
 from training.metrics import DlibFace, dlib_available
 from training.prepare import OpenCvSFace
@@ -202,6 +210,42 @@ def read_people(index: Path | None) -> dict[str, str]:
         return {}
     with index.open(newline="") as f:
         return {Path(row["file"]).name: row["person"] for row in csv.DictReader(f)}
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Which files and people a model's training dataset holds, and in which split, read
+    from its ``manifest.jsonl`` (``python -m training prepare``). A model fills the lower
+    face of someone it trained on far better than a stranger's, so a clip of a person it
+    trained on says little about the people it will meet: ``split_of`` labels each clip."""
+
+    split_by_file: dict[str, str]
+    split_by_identity: dict[str, str]
+
+    @classmethod
+    def read(cls, manifest: Path) -> TrainingData:
+        """Raises ``ValueError`` when ``manifest`` is missing or not a training manifest."""
+        try:
+            records = read_manifest(manifest)
+        except OSError as exc:
+            raise ValueError(f"cannot read training manifest {manifest}: {exc}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{manifest} is not a training manifest: {exc}") from exc
+        by_file: dict[str, str] = {}
+        by_identity: dict[str, str] = {}
+        for record in records:
+            if isinstance(record, CropRecord):
+                by_file[Path(record.source).name] = record.split
+                by_identity[record.identity] = record.split
+        if not by_identity:
+            raise ValueError(f"{manifest} holds no face crops")
+        return cls(by_file, by_identity)
+
+    def split_of(self, clip: Clip) -> str:
+        """``train`` when the model learned from this clip's file or person, ``test`` when
+        the data holds them out of training, ``none`` when the data never had them."""
+        split = self.split_by_file.get(clip.path.name) or self.split_by_identity.get(clip.person)
+        return split or "none"
 
 
 def median_pitch_hz(samples: Samples, rate: int = AUDIO_SAMPLE_RATE_HZ) -> float | None:
@@ -778,6 +822,27 @@ def means(clips: dict[str, Any], conditions: Sequence[str]) -> dict[str, dict[st
     }
 
 
+SPLIT_LABELS = {
+    "train": "people the model trained on",
+    "test": "people held out of its training",
+    "none": "people not in its training data",
+}
+"""What ``model_saw`` (``TrainingData.split_of``) says of a clip, in the tables' words."""
+
+
+def means_by_split(
+    clips: dict[str, Any], conditions: Sequence[str]
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """``means`` over the clips of each ``model_saw`` label; empty without a training
+    manifest."""
+    groups: dict[str, dict[str, Any]] = {}
+    for name, clip in clips.items():
+        label = clip.get("model_saw")
+        if label is not None:
+            groups.setdefault(label, {})[name] = clip
+    return {label: means(groups[label], conditions) for label in SPLIT_LABELS if label in groups}
+
+
 def _metric(clip: dict[str, Any], condition: str, metric: str) -> float | None:
     value = clip["conditions"].get(condition, {}).get(metric)
     return float(value) if value is not None else None
@@ -889,13 +954,17 @@ def markdown(report: dict[str, Any]) -> str:
     conditions: list[str] = report["settings"]["conditions"]
     guard = "" if report["settings"]["guard"] else ", no fill guard"
     lines = [f"# Restoration quality ({report['settings']['model']}{guard})", ""]
-    lines += ["## Clips", "", "| clip | person | occluder | frames | voice | swapped with |"]
-    lines.append("|---|---|---|---|---|---|")
+    by_split: dict[str, dict[str, dict[str, float | None]]] = report.get("means_by_split", {})
+    header = "| clip | person | occluder | frames | voice | swapped with |"
+    lines += ["## Clips", "", header + (" model's training data |" if by_split else "")]
+    lines.append("|---|---|---|---|---|---|" + ("---|" if by_split else ""))
     for name, clip in report["clips"].items():
         frames = f"{clip['first_frame']}-{clip['first_frame'] + clip['frames'] - 1}"
         frames += f" of {clip['frames_in_clip']}"
         pitch = "n/a" if clip["pitch_hz"] is None else f"{clip['voice']} {clip['pitch_hz']:.0f} Hz"
         cells = [name, clip["person"], clip["occluder"], frames, pitch, str(clip["swap_partner"])]
+        if by_split:
+            cells.append(SPLIT_LABELS[clip["model_saw"]])
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for metric, title, fmt in _TABLES:
@@ -905,7 +974,11 @@ def markdown(report: dict[str, Any]) -> str:
             cells = [_cell(_metric(clip, c, metric), fmt) for c in conditions]
             lines.append(f"| {name} | {clip['occluder']} | " + " | ".join(cells) + " |")
         mean_cells = [_cell(report["means"][c].get(metric), fmt) for c in conditions]
-        lines += ["| **mean** | | " + " | ".join(mean_cells) + " |", ""]
+        lines.append("| **mean** | | " + " | ".join(mean_cells) + " |")
+        for label, split_means in by_split.items():
+            cells = [_cell(split_means[c].get(metric), fmt) for c in conditions]
+            lines.append(f"| mean, {SPLIT_LABELS[label]} | | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += ["## Summary", "", "```json", json.dumps(report["summary"], indent=1), "```", ""]
     return "\n".join(lines)
 
@@ -952,6 +1025,10 @@ def _open_model(args: argparse.Namespace) -> Iterator[ModelInpainter | None]:
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Measure every clip; returns the report and writes the montage into ``args.output``."""
     people = read_people(args.index)
+    try:
+        training = TrainingData.read(args.training_manifest) if args.training_manifest else None
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     paths = find_clips(args.clips)
     if not paths:
         raise SystemExit(f"no clips found in {' '.join(args.clips)}")
@@ -974,11 +1051,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             results[clip.name], tiles[f"{clip.name} ({clip.occluder})"] = run_clip(
                 clip, partner, restorer, identity, args
             )
+            results[clip.name]["model_saw"] = training.split_of(clip) if training else None
     cv2.imwrite(str(args.output / "montage.png"), montage(tiles, MONTAGE))
     return {
         "settings": settings(args, identity),
         "clips": results,
         "means": means(results, args.conditions),
+        "means_by_split": means_by_split(results, args.conditions),
         "summary": summary(results),
         "wall_s": round(time.perf_counter() - started, 1),
     }
@@ -994,6 +1073,7 @@ def settings(args: argparse.Namespace, identity: Identity) -> dict[str, Any]:
         "frames": "first" if args.head else "last",
         "seed": args.seed,
         "mask_weights": str(args.mask_weights or "shipped"),
+        "training_manifest": str(args.training_manifest) if args.training_manifest else None,
         "placement_from": args.placement_from,
         "refine_passes": args.refine_passes,
         "dlib": identity.dlib is not None,
@@ -1025,6 +1105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="clips to measure (default: the eval_only talking heads)",
     )
     parser.add_argument("--index", type=Path, default=EVAL_INDEX, help="CSV: file -> person")
+    parser.add_argument(
+        "--training-manifest",
+        type=Path,
+        help="the model's training dataset's manifest.jsonl: label each clip by whether the "
+        "model trained on its person, and give the means of each group",
+    )
     parser.add_argument("--max-frames", type=int, default=50, help="frames per clip")
     parser.add_argument("--head", action="store_true", help="the first frames, not the last")
     parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))

@@ -22,6 +22,7 @@ from bench.quality import (
     Clip,
     Identity,
     Restorer,
+    TrainingData,
     find_clips,
     main,
     measure_clip,
@@ -39,6 +40,7 @@ from stream.region import box_mask
 from stream.speaker import SpeechWindow
 from stream.testclip import ClipTruth
 from stream.types import Image, InpaintResult, Mask
+from training.manifest import CropRecord, write_manifest
 
 SMALL = {"width": 320, "height": 240, "occluder": False}
 
@@ -61,10 +63,39 @@ def silent(make_clip: Callable[..., ClipTruth]) -> ClipTruth:
     return make_clip("quality_silent.mp4", duration_s=3.0, audio=False, **SMALL)
 
 
+def _crop(identity: str, split: str, source: str) -> CropRecord:
+    return CropRecord(
+        identity=identity,
+        split=split,  # type: ignore[arg-type]
+        source=source,
+        source_kind="video",
+        image=f"crops/{identity}/0.png",
+        frame_index=0,
+        time_s=0.0,
+        landmarks=((88.0, 78.0),) * 5,
+        source_affine=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+        detection_score=0.9,
+        inside_fraction=1.0,
+        psi_row=None,
+        audio=(),
+    )
+
+
+def _manifest(path: Path, crops: Sequence[CropRecord]) -> Path:
+    write_manifest(path, crops)
+    return path
+
+
 @pytest.fixture(scope="module")
 def report(own: ClipTruth, other: ClipTruth, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("quality")
+    # The model "trained on" the own clip's file; the other clip's person is not in its data.
+    manifest = _manifest(
+        out / "manifest.jsonl",
+        [_crop("speaker_a", "train", f"../data/{own.path.name}"), _crop("b", "test", "b.mp4")],
+    )
     argv = ["-o", str(out), "--clips", str(own.path), str(other.path), "--max-frames", "6"]
+    argv += ["--training-manifest", str(manifest)]
     argv += ["--conditions", "masked", "telea_true", "telea", "--dlib-every", "3"]
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(argv) == 0
@@ -101,8 +132,18 @@ def test_report_structure(report: Path) -> None:
             assert metrics["psnr_in_restored_db"] > 0
         assert telea["psnr_in_restored_db"] != conditions["masked"]["psnr_in_restored_db"]
     assert result["means"]["masked"]["psnr_in_db"] is not None
+    assert result["clips"]["quality_own"]["model_saw"] == "train"
+    assert result["clips"]["quality_other"]["model_saw"] == "none"
+    # One clip per group: each group's mean is that clip's own number.
+    by_split = result["means_by_split"]
+    assert set(by_split) == {"train", "none"}
+    for label, name in (("train", "quality_own"), ("none", "quality_other")):
+        own_psnr = result["clips"][name]["conditions"]["telea"]["psnr_in_db"]
+        assert by_split[label]["telea"]["psnr_in_db"] == pytest.approx(own_psnr, abs=1e-4)
     table = (report / "quality.md").read_text()
     assert "| **mean** |" in table and "quality_own" in table
+    assert "| mean, people the model trained on |" in table
+    assert "| mean, people not in its training data |" in table
     montage = (report / "montage.png").read_bytes()
     assert montage[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -244,6 +285,44 @@ def test_median_pitch_and_partner() -> None:
     # Another person, the other voice class, enough audio.
     assert pick_partner(low, clips) is high_long
     assert pick_partner(low, [low, same_person]) is None
+
+
+def test_training_data_labels_clips_by_file_then_person(tmp_path: Path) -> None:
+    manifest = _manifest(
+        tmp_path / "manifest.jsonl",
+        [
+            _crop("anna", "train", "clips/anna_1.mp4"),
+            _crop("carl", "test", "/abs/carl_7.mp4"),
+            _crop("dora", "test", "photos/dora.jpg"),
+        ],
+    )
+    data = TrainingData.read(manifest)
+    # The file itself, whatever folder it was prepared from.
+    assert data.split_of(Clip(Path("/x/anna_1.mp4"), "someone", 4.0, None)) == "train"
+    assert data.split_of(Clip(Path("carl_7.mp4"), "carl", 4.0, None)) == "test"
+    # Another clip of a person the data holds: that person's split.
+    assert data.split_of(Clip(Path("anna_2.mp4"), "anna", 4.0, None)) == "train"
+    assert data.split_of(Clip(Path("dora_talks.mp4"), "dora", 4.0, None)) == "test"
+    assert data.split_of(Clip(Path("emma.mp4"), "emma", 4.0, None)) == "none"
+
+
+def test_training_data_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot read training manifest"):
+        TrainingData.read(tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"kind": "crop", "identity": "a"}\n')
+    with pytest.raises(ValueError, match="not a training manifest"):
+        TrainingData.read(bad)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="holds no face crops"):
+        TrainingData.read(empty)
+
+
+def test_cli_rejects_a_missing_training_manifest(own: ClipTruth, tmp_path: Path) -> None:
+    argv = ["-o", str(tmp_path), "--clips", str(own.path), "--conditions", "masked"]
+    with pytest.raises(SystemExit, match="cannot read training manifest"):
+        main([*argv, "--training-manifest", str(tmp_path / "none.jsonl")])
 
 
 @pytest.mark.parametrize("kind", ["hand", "n95"])

@@ -38,7 +38,9 @@ Metrics, per clip and condition, against the unmasked original over the restored
 mask, and inside it split into the pixels the ``model`` run restored and those it left (its
 provenance sidecar; every condition is split by the same pixels, so the columns compare
 alike); PSNR outside it within the face (the face ellipse of ``stream.mask_detect`` warped to
-the frame, minus the painted mask grown by ``DILATE_PX``: damage to visible skin); SFace
+the frame, minus the painted mask grown by ``DILATE_PX``: damage to visible skin); PSNR in
+the band between the two (``psnr_edge_db``: the occluder's soft edge, painted at under half
+coverage, and the skin beside it: what a region that stops short or spills over changes); SFace
 cosine similarity of each face to the same face in the original, every frame; dlib's
 descriptor cosine similarity and distance (the ``eval`` extra) every ``--dlib-every``-th
 frame. Both identity networks read the face aligned by the ORIGINAL frame's landmarks (the
@@ -612,6 +614,10 @@ class ClipMeasures:
     missed: dict[str, PixelErrors]
     """Inside the painted mask, where that run restored nothing."""
     outside: dict[str, PixelErrors]
+    edge: dict[str, PixelErrors]
+    """Within ``DILATE_PX`` outside the painted mask: the occluder's anti-aliased rim
+    (painted at under half coverage) and the skin beside it, which neither ``inside`` nor
+    ``outside`` counts."""
     sface: dict[str, Similarity]
     dlib: dict[str, Similarity]
     detection: dict[str, DetectionOverlap]
@@ -624,6 +630,7 @@ class ClipMeasures:
     def for_conditions(cls, names: Sequence[str], pipeline: Sequence[str]) -> ClipMeasures:
         return cls(
             list(names),
+            {n: PixelErrors() for n in names},
             {n: PixelErrors() for n in names},
             {n: PixelErrors() for n in names},
             {n: PixelErrors() for n in names},
@@ -643,6 +650,7 @@ class ClipMeasures:
             "psnr_in_missed_db": self.missed[name].summary()["psnr_db"],
             "psnr_out_db": outside["psnr_db"],
             "l1_out_levels": outside["mae_levels"],
+            "psnr_edge_db": self.edge[name].summary()["psnr_db"],
             "sface_cosine": self.sface[name].cosine(),
             "dlib_cosine": self.dlib[name].cosine(),
             "dlib_distance": self.dlib[name].distance(),
@@ -672,11 +680,14 @@ def measure_clip(
     middle = len(clip.pts) // 2
     for index, images in enumerate(frames_in_step(paths, clip.pts, clip.first_frame)):
         truth = clip.truth[index]
-        outside = face_area(clip.affines[index], truth.shape) & ~_grow(truth, DILATE_PX)
+        face = face_area(clip.affines[index], truth.shape)
+        grown = _grow(truth, DILATE_PX)
+        outside, edge = face & ~grown, face & grown & ~truth
         hit = truth & restored[split_by].get(index, np.zeros_like(truth)) if split_by else None
         for name, image in zip(names, images[1:], strict=True):
             measures.inside[name].add(image, images[0], truth)
             measures.outside[name].add(image, images[0], outside)
+            measures.edge[name].add(image, images[0], edge)
             if hit is not None:
                 measures.restored[name].add(image, images[0], hit)
                 measures.missed[name].add(image, images[0], truth & ~hit)
@@ -798,6 +809,7 @@ MEAN_METRICS = (
     "psnr_in_missed_db",
     "psnr_out_db",
     "l1_out_levels",
+    "psnr_edge_db",
     "sface_cosine",
     "dlib_cosine",
     "dlib_distance",
@@ -937,6 +949,12 @@ _TABLES = (
         "{:.2f}",
     ),
     ("psnr_out_db", "PSNR outside the mask, within the face (dB) ↑", "{:.2f}"),
+    (
+        "psnr_edge_db",
+        f"PSNR just outside the mask (within {DILATE_PX} px: the occluder's soft edge and the "
+        "skin beside it; dB) ↑",
+        "{:.2f}",
+    ),
     ("sface_cosine", "SFace cosine to the original face ↑", "{:.3f}"),
     ("dlib_cosine", "dlib descriptor cosine to the original face ↑", "{:.4f}"),
     (
@@ -1081,6 +1099,7 @@ def settings(args: argparse.Namespace, identity: Identity) -> dict[str, Any]:
         "levels": "8-bit (0..255), all three channels; PSNR peak 255",
         "inside": "the painted occluder's coverage (>= 0.5) in frame pixels",
         "outside": f"face ellipse minus the painted mask grown by {DILATE_PX} px",
+        "edge": f"face ellipse within {DILATE_PX} px outside the painted mask",
         "identity_alignment": "5-point alignment of the original frame's landmarks",
         "crop_px": CROP_SIZE,
         "voice_classes": f"median pitch < {LOW_VOICE_HZ} Hz is low, else high",

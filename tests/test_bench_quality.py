@@ -116,6 +116,7 @@ def test_report_structure(report: Path) -> None:
         assert set(conditions) == {"masked", "telea_true", "telea"}
         for metrics in conditions.values():
             assert metrics["psnr_in_db"] > 0 and metrics["psnr_out_db"] > 0
+            assert metrics["psnr_edge_db"] > 0
             assert 0.0 < metrics["sface_cosine"] <= 1.0
         # Both fills change the hole (on this flat synthetic face not always for the better).
         for name in ("telea", "telea_true"):
@@ -163,8 +164,10 @@ def test_masked_psnr_inside_is_the_hand_computed_one(own: ClipTruth, tmp_path: P
     got = measures.summary("masked")
     assert got["psnr_in_db"] == round(10 * math.log10(255**2 / (squared / count)), 2)
     assert got["l1_in_levels"] == round(absolute / count, 3)
-    # Outside the mask the masked input is the original up to re-encoding.
+    # Outside the mask the masked input is the original up to re-encoding; just outside it
+    # lies the paint's soft edge, less wrong than the mask itself.
     assert got["psnr_out_db"] > 35.0
+    assert got["psnr_in_db"] < got["psnr_edge_db"] < got["psnr_out_db"]
 
 
 class _FakeModel:

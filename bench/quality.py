@@ -1060,6 +1060,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             weights=args.mask_weights,
             placement_from=args.placement_from,
             refine_passes=args.refine_passes,
+            rim_px=args.rim_px,
             past_crop=past_crop_options(args.past_crop),
         )
         restorer = Restorer(tuple(args.conditions), model, work, detect)
@@ -1094,6 +1095,7 @@ def settings(args: argparse.Namespace, identity: Identity) -> dict[str, Any]:
         "training_manifest": str(args.training_manifest) if args.training_manifest else None,
         "placement_from": args.placement_from,
         "refine_passes": args.refine_passes,
+        "rim_px": args.rim_px,
         "dlib": identity.dlib is not None,
         "dlib_every": args.dlib_every,
         "levels": "8-bit (0..255), all three channels; PSNR peak 255",
@@ -1154,6 +1156,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=MaskDetectOptions.refine_passes,
         help="second looks of the placement network (MaskDetectOptions.refine_passes; 0: off)",
+    )
+    parser.add_argument(
+        "--rim-px",
+        type=int,
+        default=MaskDetectOptions.rim_px,
+        help="the occluder's soft edge restored around the region (MaskDetectOptions.rim_px; "
+        "0: off, avstream process --mask-hard-edges)",
     )
     parser.add_argument(
         "--past-crop",

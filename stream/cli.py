@@ -98,6 +98,13 @@ def _add_region_options(parser: argparse.ArgumentParser) -> None:
         "occluder's rim at the same precision; detection only)",
     )
     parser.add_argument(
+        "--mask-hard-edges",
+        action="store_true",
+        help="restore only the detected region, none of the occluder's soft edge around it "
+        "(by default the 2 crop pixels just outside the region are restored in part, as far "
+        "as the segmenter finds them covered; detection only)",
+    )
+    parser.add_argument(
         "--no-past-crop",
         action="store_true",
         help="restore only inside each face's crop, even where the detected occluder runs "
@@ -611,6 +618,8 @@ def occlusion_model(args: argparse.Namespace) -> OcclusionModel:
             raise UsageError("--mask-plain-edges applies to detection, not to a fixed region")
         if args.no_past_crop:
             raise UsageError("--no-past-crop applies to detection, not to a fixed region")
+        if args.mask_hard_edges:
+            raise UsageError("--mask-hard-edges applies to detection, not to a fixed region")
         return FixedRegion(_fixed_region_mask(args))
     from stream.mask_detect import MaskDetectOptions, MaskDetector
 
@@ -628,6 +637,8 @@ def occlusion_model(args: argparse.Namespace) -> OcclusionModel:
     options = MaskDetectOptions(covered_fraction=fraction, dilate_px=dilate, guide_radius_px=guide)
     if args.no_past_crop:
         options = dataclasses.replace(options, past_crop=None)
+    if args.mask_hard_edges:
+        options = dataclasses.replace(options, rim_px=0)
     # Raises AvstreamError (exit 1) when the package was installed without its weights.
     return MaskDetector(options)
 

@@ -427,11 +427,13 @@ def composite_frame(
             result = InpaintResult(
                 face_256=shown, backend=f"{inpainted.inpainter_name}+reuse", latency_ms=0
             )
-        weight = feather(occ.mask_256, feather_px)
+        inside = feather(occ.mask_256, feather_px)
+        # The soft rim lies outside the region, where the inner ramp is 0.
+        weight = inside if occ.rim_256 is None else np.maximum(inside, occ.rim_256)
         inverse = face.aligned.inverse_affine
         image, region = composite_region(image, shown, weight, inverse)
         if occ.past_crop is not None:
-            past = past_crop_region(work.frame.image, weight > 0, inverse, occ.past_crop)
+            past = past_crop_region(work.frame.image, inside > 0, inverse, occ.past_crop)
             if past is not None:
                 image = fill_past_crop(image, past, occ.past_crop.fill_radius_px)
                 region = merge_regions(region, past)

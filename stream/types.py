@@ -83,12 +83,16 @@ class Occlusion:
     too (crop pixels), for a region whose edge may still hold some of the occluder (a
     segmenter's); only the region itself is ever composited. 0 for a region given exactly.
     ``past_crop``: follow the occluder past the crop's edge in the frame and fill it there
-    too (``stream.past_crop``; None for a region given exactly, which is all there is)."""
+    too (``stream.past_crop``; None for a region given exactly, which is all there is).
+    ``rim_256``: the occluder's soft edge just outside the region, as the share of each
+    pixel to restore (0..1, 0 inside the region; within ``context_px`` of it, where the
+    inpainter fills too; None for none)."""
 
     mask_256: Mask
     score: float
     context_px: int = 0
     past_crop: PastCropOptions | None = None
+    rim_256: Mask | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -363,6 +363,22 @@ def test_no_past_crop_keeps_the_region_inside_the_crop(flag: list[str], follows:
             occlusion_model(fixed)
 
 
+@pytest.mark.parametrize(("flag", "rim_px"), [([], 2), (["--mask-hard-edges"], 0)])
+def test_mask_hard_edges_turns_the_soft_rim_off(flag: list[str], rim_px: int) -> None:
+    from stream.cli import build_parser, occlusion_model
+    from stream.errors import UsageError
+    from stream.mask_detect import MaskDetector
+
+    args = build_parser().parse_args(["process", "in.mp4", "-o", "o.mp4", *flag])
+    model = occlusion_model(args)
+    assert isinstance(model, MaskDetector)
+    assert model.options.rim_px == rim_px
+    fixed = build_parser().parse_args(["process", "in.mp4", "-o", "o.mp4", "--mask-box", *flag])
+    if flag:
+        with pytest.raises(UsageError, match="--mask-hard-edges"):
+            occlusion_model(fixed)
+
+
 def test_the_summary_says_what_replaced_the_fills_the_guard_failed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

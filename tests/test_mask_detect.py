@@ -23,6 +23,7 @@ from stream.mask_detect import (
     face_region,
     guided_filter,
     load_predictor,
+    soft_rim,
 )
 from stream.media import VideoReader
 from stream.restore import FaceAnalyser, FrameFaces, restore_frame
@@ -117,6 +118,47 @@ def test_guided_region_moves_onto_the_occluders_edge_in_the_crop() -> None:
     assert not plain_mask[140:142, centre].any()  # the plain map misses the top rows
     assert guided_mask[140:230, centre].all()  # the guided region finds them
     assert not (guided_mask & ~truth).any()  # and grows into nothing visible
+
+
+def test_soft_rim_restores_the_edge_in_proportion_to_its_probability() -> None:
+    region = np.zeros((32, 32), bool)
+    region[16:, :] = True  # rows 16.. are the region; its edge is row 15/16
+    probability = np.zeros((32, 32), np.float32)
+    probability[16:] = 0.9
+    probability[15, :8] = 0.45  # at the threshold: all of it
+    probability[15, 8:16] = 0.325  # halfway from the floor: half of it
+    probability[15, 16:24] = 0.2  # at the floor: none
+    probability[14] = 0.45  # second row out: within rim_px 2
+    probability[13] = 0.45  # third row out: beyond the rim
+    rim = soft_rim(region, probability, rim_px=2, floor=0.2, threshold=0.45)
+    assert rim.dtype == np.float32 and rim.shape == (32, 32)
+    assert not rim[16:].any()  # never inside the region: that is restored whole
+    np.testing.assert_allclose(rim[15, :8], 1.0)
+    np.testing.assert_allclose(rim[15, 8:16], 0.5, atol=1e-6)
+    np.testing.assert_allclose(rim[15, 16:], 0.0)
+    np.testing.assert_allclose(rim[14], 1.0)
+    assert not rim[:14].any()
+
+
+def test_covered_face_carries_its_soft_rim_into_the_occlusion() -> None:
+    probability = _box(130, 230)
+    probability[129, 60:196] = 0.35  # the occluder's soft top edge, under the threshold
+    detector = MaskDetector(MaskDetectOptions(guide_radius_px=0), _scripted([probability]))
+    (occlusion,) = detector.predict([_aligned()])
+    region = probability > 0.5
+    np.testing.assert_array_equal(occlusion.mask_256, region.astype(np.float32))
+    assert occlusion.rim_256 is not None
+    # (0.35 - floor 0.2) / (pixel_threshold 0.5 - 0.2): half of the edge row is restored.
+    np.testing.assert_allclose(occlusion.rim_256[129, 62:194], 0.5, atol=1e-6)
+    assert not occlusion.rim_256[region].any()
+    assert not occlusion.rim_256[:126].any()  # nothing beyond rim_px
+    # Off, and for a face not covered, there is no rim.
+    hard = MaskDetector(
+        MaskDetectOptions(guide_radius_px=0, rim_px=0), _scripted([probability])
+    ).predict([_aligned()])
+    assert hard[0].rim_256 is None and hard[0].mask_256.any()
+    small = MaskDetector(MaskDetectOptions(), _scripted([_box(150, 156, 120, 130)]))
+    assert small.predict([_aligned()])[0].rim_256 is None
 
 
 def test_guided_filter_keeps_a_flat_map_and_follows_a_step() -> None:
@@ -313,6 +355,10 @@ def test_options_are_checked() -> None:
         MaskDetectOptions(refresh_every=0)
     with pytest.raises(ValueError):
         MaskDetectOptions(change_levels=-1.0)
+    with pytest.raises(ValueError, match="rim_px"):
+        MaskDetectOptions(rim_px=3, context_px=2)  # the inpainter fills no farther
+    with pytest.raises(ValueError, match="rim_floor"):
+        MaskDetectOptions(rim_floor=0.45)
 
 
 # --- the shipped segmenter -------------------------------------------------------------------

@@ -22,6 +22,8 @@ from stream.restore import (
     FaceAnalyser,
     FaceDecision,
     FrameFaces,
+    InpaintedFrame,
+    PlannedFrame,
     ReuseCache,
     ReuseOptions,
     TrackedFace,
@@ -304,3 +306,39 @@ def test_a_failed_fill_shows_the_tracks_last_good_crop_not_the_safe_fill() -> No
     assert inside is not None and held.region is not None
     mask = inside.full(base.shape[:2])
     np.testing.assert_array_equal(shown[1].frame.image[mask], shown[0].frame.image[mask])
+
+
+def test_composite_restores_the_soft_rim_in_part_and_records_it() -> None:
+    """Where the crop is the frame (identity alignment), a region pixel takes the fill, a
+    rim pixel the rim's share of it, and every other pixel stays as decoded."""
+    frame = np.full((CROP_SIZE, CROP_SIZE, 3), 100, np.uint8)
+    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    face = TrackedFace(
+        track_id=1, box=(0, 0, 256, 256), aligned=AlignedFace(frame, identity, identity)
+    )
+    region = np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
+    region[140:220, 60:196] = 1.0
+    rim = np.zeros_like(region)
+    rim[139, 60:196] = 0.5
+    rim[138, 60:196] = 0.25
+    work = FrameFaces(
+        frame=VideoFrame(index=0, pts=0, time_base=Fraction(1, 25), image=frame), faces=(face,)
+    )
+    fill = np.full_like(frame, 200)
+    result = InpaintResult(face_256=fill, backend="test", latency_ms=0.0)
+    for occlusion, rows_changed in (
+        (Occlusion(region, 0.3, context_px=2, rim_256=rim), (138, 220)),
+        (Occlusion(region, 0.3, context_px=2), (140, 220)),
+    ):
+        plan = PlannedFrame(work=work, occlusions=(occlusion,), covered=(0,), fresh=(0,))
+        restored = composite_frame(InpaintedFrame(plan, (result,), "test"), feather_px=0.0)
+        image = restored.frame.image[..., 0].astype(int)
+        assert (image[140:220, 60:196] == 200).all()
+        if occlusion.rim_256 is not None:
+            assert (image[139, 62:194] == 150).all() and (image[138, 62:194] == 125).all()
+        changed = image != 100
+        top, bottom = rows_changed
+        assert not changed[:top].any() and not changed[bottom:].any()
+        recorded = restored.faces[0].region
+        assert recorded is not None
+        assert np.array_equal(recorded.full(changed.shape) | changed, recorded.full(changed.shape))

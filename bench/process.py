@@ -13,7 +13,8 @@ medians over ``--runs``.
 ``--inpainter model`` runs the shipped ``lite`` network on onnxruntime (one thread, Poisson
 blending on, hearing the file's speech), as ``avstream process`` does by default. The region
 is the default's too (``--region detect``: the occlusion segmenter decides, so a clean face
-costs tracking and segmentation only; ``detect-in-crop`` is ``--no-past-crop``);
+costs tracking and segmentation only; ``detect-in-crop`` is ``--no-past-crop``,
+``detect-hard-edges`` ``--mask-hard-edges``);
 ``--region paper`` restores the paper's fixed box on every face, as v1 did. ``--paint-mask``
 first paints a face mask on every face of ``--input`` (``bench.restore_video.make_masked_clip``),
 so a real clip has something to restore. The provenance sidecar is written, as by default.
@@ -108,6 +109,8 @@ def run_process(
         if region == "paper"
         else MaskDetector(MaskDetectOptions(past_crop=None))
         if region == "detect-in-crop"
+        else MaskDetector(MaskDetectOptions(rim_px=0))
+        if region == "detect-hard-edges"
         else MaskDetector()
     )
     with contextlib.ExitStack() as stack:
@@ -180,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inpainter", choices=["telea", "model"], default="telea")
     parser.add_argument(
         "--region",
-        choices=["detect", "detect-in-crop", "paper"],
+        choices=["detect", "detect-in-crop", "detect-hard-edges", "paper"],
         default="detect",
-        help="default: detect (detect-in-crop: --no-past-crop)",
+        help="default: detect (detect-in-crop: --no-past-crop; detect-hard-edges: "
+        "--mask-hard-edges)",
     )
     parser.add_argument(
         "--paint-mask", action="store_true", help="paint a face mask on --input first"

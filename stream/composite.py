@@ -109,13 +109,15 @@ def composite_region(
         crop, shift, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     region = out[y0:y1, x0:x1]
-    a = alpha[inside][:, None]
-    if bool((a == 1.0).all()):
-        # A hard hole (the default): the blend below would give exactly the crop's pixels.
-        np.copyto(region, warped_crop, where=inside[:, :, None])
-    else:
-        blended = region[inside].astype(np.float32) * (1.0 - a) + warped_crop[inside] * a
-        region[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    # Where the weight is 1 the blend would give exactly the crop's pixels: copy them, and
+    # blend only the rest (a ramp or a soft rim, a thin band of the hole).
+    whole = inside & (alpha >= 1.0)
+    np.copyto(region, warped_crop, where=whole[:, :, None])
+    part = inside & ~whole
+    if part.any():
+        a = alpha[part][:, None]
+        blended = region[part].astype(np.float32) * (1.0 - a) + warped_crop[part] * a
+        region[part] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return out, FrameRegion(x0, y0, inside)
 
 

@@ -116,8 +116,8 @@ class MaskDetectOptions:
         0 turns it off. On the 33 training-split clips (lite, ``bench.quality``) 2 px from
         0.2 gained 0.22 dB in the painted mask on every clip and 0.73 dB in the band just
         outside it (the occluder's soft edge and the skin beside it), SFace level (0.9022 vs
-        0.9015); every pixel it touches counts as changed, so the changed pixels' binary
-        precision falls from 0.970 to 0.943; see docs/MODEL_CARD_occlusion.md.
+        0.9018); every pixel it touches counts as changed, so the changed pixels' binary
+        precision falls from 0.970 to 0.944; see docs/MODEL_CARD_occlusion.md.
         ``forget_after_frames``: a track not seen for this
         many calls loses its state. ``refresh_every``: cadence; a track whose decision is settled
     is segmented again only every this many calls, unless its crop changed by more than

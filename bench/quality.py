@@ -116,7 +116,7 @@ from stream.media import VideoReader, probe
 from stream.model_inpainter import ModelInpainter
 from stream.past_crop import PastCropOptions
 from stream.provenance import read_sidecar, restored_mask, sidecar_path
-from stream.types import Image, InpaintResult, Mask
+from stream.types import Image, InpaintResult, Mask, Occlusion
 from training.manifest import CropRecord, read_manifest
 from training.masks import FACE_MASK_KINDS, FaceMaskShape, HandBlob, ShapeGenerator
 from training.metrics import DlibFace, dlib_available
@@ -504,7 +504,7 @@ def model_true_mask(
 
 
 def placed_affines(
-    clip: MaskedClip, regions: dict[int, list[tuple[Mask, npt.NDArray[np.float64]]]]
+    clip: MaskedClip, regions: dict[int, list[tuple[Occlusion, npt.NDArray[np.float64]]]]
 ) -> list[list[npt.NDArray[np.float64]]]:
     """Per frame, each painted face's crop as a pipeline run placed it: the run's crop whose
     centre lies nearest the painting's crop centre, within half a crop; else the painting's
@@ -693,8 +693,8 @@ def measure_clip(
                 measures.missed[name].add(image, images[0], truth & ~hit)
         for name, restoration in restorations.items():
             detected = np.zeros(truth.shape, dtype=bool)
-            for mask_256, inverse in restoration.regions.get(index, []):
-                detected |= to_frame(mask_256, inverse, truth.shape)
+            for occlusion, inverse in restoration.regions.get(index, []):
+                detected |= to_frame(occlusion.mask_256, inverse, truth.shape)
             measures.detection[name].add(truth, detected)
             changed = restored[name].get(index)
             measures.changed[name].add(truth, np.zeros_like(truth) if changed is None else changed)

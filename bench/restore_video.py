@@ -55,7 +55,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.align import Placement
-from stream.composite import changed_region, feather
+from stream.composite import changed_region, composite_weight
 from stream.engines_cli import open_model_inpainter, parse_backend_arguments
 from stream.inpaint import Inpainter, OpenCVInpainter, OpenCVMethod
 from stream.mask_detect import MaskDetectOptions, MaskDetector
@@ -276,13 +276,22 @@ def telea_true_mask(clip: MaskedClip, output: Path) -> Path:
 
 # --- 2. restoring ---------------------------------------------------------------------------
 
-_Region = tuple[Mask, FloatArray]  # a face's restored crop-space mask and its inverse affine
+_Region = tuple[Occlusion, FloatArray]
+"""A restored face's occlusion (its crop-space region and soft rim) and inverse affine."""
 
 
 def _covered_regions(faces: list[AlignedFace], occlusions: list[Occlusion]) -> list[_Region]:
-    """The region (a copy) and crop -> frame affine of each face with something to restore."""
+    """The occlusion (its arrays copied) and crop -> frame affine of each face with
+    something to restore."""
     return [
-        (occ.mask_256.copy(), face.inverse_affine)
+        (
+            dataclasses.replace(
+                occ,
+                mask_256=occ.mask_256.copy(),
+                rim_256=None if occ.rim_256 is None else occ.rim_256.copy(),
+            ),
+            face.inverse_affine,
+        )
         for face, occ in zip(faces, occlusions, strict=True)
         if occ.mask_256.any()
     ]
@@ -600,9 +609,9 @@ def measure(
         for r in restorations:
             detected = np.zeros(clip.truth.shape, dtype=bool)
             touched = np.zeros(clip.truth.shape, dtype=bool)
-            for mask_256, inverse in r.regions.get(index, []):
-                detected |= to_frame(mask_256, inverse, clip.truth.shape)
-                weight = feather(mask_256, r.feather_px)
+            for occlusion, inverse in r.regions.get(index, []):
+                detected |= to_frame(occlusion.mask_256, inverse, clip.truth.shape)
+                weight = composite_weight(occlusion, r.feather_px)
                 touched |= changed_region(weight, inverse, clip.truth.shape)
             overlap[r.name].add(truth, detected)
             changed[r.name].add(truth, touched)

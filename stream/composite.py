@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from avinpaint.geometry import apply_affine
-from stream.types import FloatArray, Image, Mask
+from stream.types import FloatArray, Image, Mask, Occlusion
 
 BoolMask = npt.NDArray[np.bool_]
 
@@ -59,6 +59,13 @@ def feather(mask_256: Mask, feather_px: float) -> Mask:
     depth = cv2.distanceTransform(hole, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     weight = np.clip((depth - 0.5) / float(feather_px), 0.0, 1.0)
     return np.where(hole > 0, weight, 0.0).astype(np.float32)
+
+
+def composite_weight(occlusion: Occlusion, feather_px: float) -> Mask:
+    """The blend weight a face is composited with: its region's inner ramp (``feather``)
+    and, outside the region, the occluder's soft rim (``Occlusion.rim_256``)."""
+    inside = feather(occlusion.mask_256, feather_px)
+    return inside if occlusion.rim_256 is None else np.maximum(inside, occlusion.rim_256)
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.align import align_face, crop_at
-from stream.composite import FrameRegion, composite_region, feather, inpaint_hole
+from stream.composite import FrameRegion, composite_region, composite_weight, inpaint_hole
 from stream.detect import DetectorOptions, FaceDetector
 from stream.inpaint import Inpainter
 from stream.occlusion import OcclusionModel, PlacesCovered
@@ -427,13 +427,13 @@ def composite_frame(
             result = InpaintResult(
                 face_256=shown, backend=f"{inpainted.inpainter_name}+reuse", latency_ms=0
             )
-        inside = feather(occ.mask_256, feather_px)
-        # The soft rim lies outside the region, where the inner ramp is 0.
-        weight = inside if occ.rim_256 is None else np.maximum(inside, occ.rim_256)
+        weight = composite_weight(occ, feather_px)
         inverse = face.aligned.inverse_affine
         image, region = composite_region(image, shown, weight, inverse)
         if occ.past_crop is not None:
-            past = past_crop_region(work.frame.image, inside > 0, inverse, occ.past_crop)
+            # Past the crop the occluder is followed from the region, not from its soft rim.
+            hole = occ.mask_256 > 0.5
+            past = past_crop_region(work.frame.image, hole, inverse, occ.past_crop)
             if past is not None:
                 image = fill_past_crop(image, past, occ.past_crop.fill_radius_px)
                 region = merge_regions(region, past)

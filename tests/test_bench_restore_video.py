@@ -155,12 +155,12 @@ def test_the_recording_detector_places_covered_faces_and_records_the_placed_regi
     assert recorder.placement() == "placement"
     first, other, placed = _aligned(0.0), _aligned(300.0), _aligned(-12.0)
     recorder.predict([first, other], [1, 2])
-    ((mask, inverse),) = recorder.calls[-1]
-    assert mask[150:220, 60:200].all() and inverse is first.inverse_affine
+    ((occlusion, inverse),) = recorder.calls[-1]
+    assert occlusion.mask_256[150:220, 60:200].all() and inverse is first.inverse_affine
     # The pipeline restores the second pass's region in the placed crop: that is recorded.
     recorder.predict_placed([placed], [1])
-    ((mask, inverse),) = recorder.calls[-1]
-    np.testing.assert_array_equal(mask, again)
+    ((occlusion, inverse),) = recorder.calls[-1]
+    np.testing.assert_array_equal(occlusion.mask_256, again)
     assert inverse is placed.inverse_affine
     # A placed face the second pass finds uncovered is not restored, nor recorded.
     nothing = RecordingDetector(_TwoPassDetector(Occlusion(np.zeros((256, 256), np.float32), 0, 2)))  # type: ignore[arg-type]

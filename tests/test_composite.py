@@ -6,8 +6,16 @@ import pytest
 
 from avinpaint.geometry import invert_affine
 from avinpaint.spec import CROP_SIZE
-from stream.composite import FEATHER_PX, changed_region, composite, feather, inpaint_hole
+from stream.composite import (
+    FEATHER_PX,
+    changed_region,
+    composite,
+    composite_weight,
+    feather,
+    inpaint_hole,
+)
 from stream.region import box_mask
+from stream.types import Occlusion
 
 
 def _frame() -> np.ndarray:
@@ -120,3 +128,15 @@ def test_the_inpainters_hole_is_the_region_grown_by_its_context() -> None:
     assert (grown[mask > 0] == 1).all()
     assert grown[125, 98] == 1 and grown[125, 97] == 0  # 2 px beyond the left edge
     assert grown[98, 98] == 0  # a round kernel: the corner grows less
+
+
+def test_composite_weight_is_the_ramp_inside_and_the_soft_rim_outside() -> None:
+    region = box_mask((60, 140, 136, 80))
+    rim = np.zeros_like(region)
+    rim[139, 60:196] = 0.5
+    np.testing.assert_array_equal(
+        composite_weight(Occlusion(region, 0.3), 4.0), feather(region, 4.0)
+    )
+    weight = composite_weight(Occlusion(region, 0.3, context_px=2, rim_256=rim), 4.0)
+    np.testing.assert_array_equal(weight, np.maximum(feather(region, 4.0), rim))
+    assert (weight[139, 60:196] == 0.5).all() and weight[140, 100] > 0.0

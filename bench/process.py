@@ -104,14 +104,13 @@ def run_process(
     options = ProcessOptions(
         encode=EncodeOptions(crf=CRF, preset=preset, threads=1), decode_threads=1
     )
-    occlusion: OcclusionModel = (  # threads=1 by default
-        FixedRegion(box_mask())
-        if region == "paper"
-        else MaskDetector(MaskDetectOptions(past_crop=None))
-        if region == "detect-in-crop"
-        else MaskDetector(MaskDetectOptions(rim_px=0))
-        if region == "detect-hard-edges"
-        else MaskDetector()
+    detection = {  # threads=1 by default
+        "detect": MaskDetectOptions(),
+        "detect-in-crop": MaskDetectOptions(past_crop=None),
+        "detect-hard-edges": MaskDetectOptions(rim_px=0),
+    }
+    occlusion: OcclusionModel = (
+        FixedRegion(box_mask()) if region == "paper" else MaskDetector(detection[region])
     )
     with contextlib.ExitStack() as stack:
         inpainter: Inpainter = OpenCVInpainter("telea")

@@ -1061,6 +1061,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             placement_from=args.placement_from,
             refine_passes=args.refine_passes,
             rim_px=args.rim_px,
+            hole_share=args.hole_share,
             past_crop=past_crop_options(args.past_crop),
         )
         restorer = Restorer(tuple(args.conditions), model, work, detect)
@@ -1096,6 +1097,7 @@ def settings(args: argparse.Namespace, identity: Identity) -> dict[str, Any]:
         "placement_from": args.placement_from,
         "refine_passes": args.refine_passes,
         "rim_px": args.rim_px,
+        "hole_share": args.hole_share,
         "dlib": identity.dlib is not None,
         "dlib_every": args.dlib_every,
         "levels": "8-bit (0..255), all three channels; PSNR peak 255",
@@ -1156,6 +1158,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=MaskDetectOptions.refine_passes,
         help="second looks of the placement network (MaskDetectOptions.refine_passes; 0: off)",
+    )
+    parser.add_argument(
+        "--hole-share",
+        type=float,
+        default=MaskDetectOptions.hole_share,
+        help="islands the region encloses are restored up to this share of its area "
+        "(MaskDetectOptions.hole_share; 0: off)",
     )
     parser.add_argument(
         "--rim-px",

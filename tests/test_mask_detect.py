@@ -21,6 +21,7 @@ from stream.mask_detect import (
     MaskDetectOptions,
     MaskDetector,
     face_region,
+    fill_holes,
     guided_filter,
     load_predictor,
     soft_rim,
@@ -159,6 +160,40 @@ def test_covered_face_carries_its_soft_rim_into_the_occlusion() -> None:
     assert hard[0].rim_256 is None and hard[0].mask_256.any()
     small = MaskDetector(MaskDetectOptions(), _scripted([_box(150, 156, 120, 130)]))
     assert small.predict([_aligned()])[0].rim_256 is None
+
+
+def test_fill_holes_fills_only_small_enclosed_islands() -> None:
+    region = np.zeros((64, 64), bool)
+    region[20:60, 10:54] = True  # 1,760 pixels, touching no border
+    region[30:34, 20:24] = False  # enclosed, 16 pixels: filled
+    region[40:52, 30:46] = False  # enclosed, 192 pixels: over a tenth of the region
+    region[56:64, 40:44] = False  # open to the crop's lower border: visible beyond
+    filled = fill_holes(region, max_share=0.1)
+    assert filled[30:34, 20:24].all()
+    assert not filled[40:52, 30:46].any()
+    assert not filled[56:64, 40:44].any()
+    assert not filled[:20].any() and not filled[:, :10].any()  # nothing outside the region
+    np.testing.assert_array_equal(fill_holes(region, max_share=0.2)[40:52, 30:46], True)
+    # An island joined to the outside only diagonally is still enclosed (8-connected region).
+    ring = np.zeros((16, 16), bool)
+    ring[4:12, 4:12] = True
+    ring[5:11, 5:11] = False
+    ring[4, 4] = False  # a corner gap: the inside touches the outside only at a corner
+    assert not fill_holes(ring, 2.0)[4, 4] and fill_holes(ring, 2.0)[5:11, 5:11].all()
+    empty = np.zeros((8, 8), bool)
+    np.testing.assert_array_equal(fill_holes(empty, 1.0), empty)
+
+
+def test_covered_face_restores_the_islands_its_occluder_encloses() -> None:
+    probability = _box(130, 230)
+    probability[170:180, 100:120] = 0.1  # a light print the segmenter took for skin
+    detector = MaskDetector(MaskDetectOptions(guide_radius_px=0), _scripted([probability]))
+    (coverage,) = detector.analyse([_aligned()], [1])
+    np.testing.assert_array_equal(coverage.mask_256, (_box(130, 230) > 0.5).astype(np.float32))
+    assert coverage.rim_256 is not None and not coverage.rim_256[170:180, 100:120].any()
+    off = MaskDetectOptions(guide_radius_px=0, hole_share=0.0)
+    (kept,) = MaskDetector(off, _scripted([probability])).analyse([_aligned()], [1])
+    assert not kept.mask_256[170:180, 100:120].any()
 
 
 def test_guided_filter_keeps_a_flat_map_and_follows_a_step() -> None:
@@ -359,6 +394,8 @@ def test_options_are_checked() -> None:
         MaskDetectOptions(rim_px=3, context_px=2)  # the inpainter fills no farther
     with pytest.raises(ValueError, match="rim_floor"):
         MaskDetectOptions(rim_floor=0.45)
+    with pytest.raises(ValueError, match="hole_share"):
+        MaskDetectOptions(hole_share=1.5)
 
 
 # --- the shipped segmenter -------------------------------------------------------------------

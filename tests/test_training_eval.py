@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -49,6 +50,29 @@ def test_faces_masks_and_audio_pairing(setup: tuple[Path, Path]) -> None:
     again = select_faces(index, options)
     assert all(np.array_equal(a.mask, b.mask) for a, b in zip(faces, again, strict=True))
     assert len(select_faces(index, EvalOptions(dataset, str(model), dataset, max_faces=4))) == 4
+
+
+def test_all_people_adds_the_face_only_identities_with_the_zero_voice(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    dataset, model = setup
+    index = DatasetIndex.load(dataset)
+    options = EvalOptions(dataset, str(model), tmp_path / "all", people="all", dlib="off")
+    faces = select_faces(index, options)
+    # id04 has faces but no speech: it is evaluated too, with no voice of its own.
+    assert [f.identity for f in faces] == ["id01", "id02", "id03", "id04"] * 2
+    assert [f.swapped_identity for f in faces] == ["id02", "id03", "id01", "id01"] * 2
+    assert [f.true_audio is None for f in faces] == [False, False, False, True] * 2
+    report = evaluate(dataclasses.replace(options, progress=False, grid_rows=2))
+    assert (report.faces, report.identities) == (8, 4)
+    document = json.loads((tmp_path / "all" / "report.json").read_text())
+    assert document["faces_with_own_speech"] == 6
+    # Without a voice of its own, "true" is the zero input: the same fill as no audio.
+    per_face = document["per_face"]["metrics"]
+    assert per_face["ours_true"]["psnr"][3] == pytest.approx(per_face["ours_no_audio"]["psnr"][3])
+    assert "all of the split's people (6 faces with their person's speech" in (
+        (tmp_path / "all" / "report.md").read_text()
+    )
 
 
 def test_eval_writes_report_json_and_grid(setup: tuple[Path, Path], tmp_path: Path) -> None:

@@ -270,6 +270,13 @@ def _add_eval(commands: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="report folder")
     p.add_argument("--split", choices=["test", "train"], default="test", help="default: test")
     p.add_argument(
+        "--people",
+        choices=["with-speech", "all"],
+        default="with-speech",
+        help="the split's identities with their own speech (the talking heads; default), or "
+        "all of them (the photo people too: many more strangers)",
+    )
+    p.add_argument(
         "--holes",
         choices=["mixture", "paper_box", "strokes", "face_mask"],
         default="mixture",
@@ -319,6 +326,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             model=args.model,
             output=args.output,
             split=args.split,
+            people="all" if args.people == "all" else "with_speech",
             holes=args.holes,
             seed=args.seed,
             max_faces=args.max_faces,

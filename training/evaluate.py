@@ -23,6 +23,7 @@ ours (true audio) | ours (swapped) | ground truth).
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -96,14 +97,20 @@ GRID_COLUMNS = (
 )
 RETRIEVAL_KS = (1, 5, 10)
 HOLE_GREY = 128  # the generator's 0 in [-1, 1] is mid-grey
+People = Literal["with_speech", "all"]
 
 
 @dataclass(frozen=True)
 class EvalOptions:
     """What to evaluate and where to write it.
 
-    ``model`` is a generator checkpoint path (or a shipped preset name); ``max_faces`` 0
-    takes every face, otherwise faces are taken round-robin over identities; ``dlib`` "auto"
+    ``model`` is a generator checkpoint path (or a shipped preset name); ``people``: the
+    identities of the split with their own speech (``with_speech``, the default: the
+    talking heads, a handful of people), or every identity of the split (``all``: the
+    photo people too, hundreds of strangers; a face without its person's speech gets the
+    zero speaker input as its "true" voice, and the own-voice comparison counts only the
+    faces with it); ``max_faces`` 0 takes every face, otherwise faces are taken round-robin
+    over identities (so with ``all`` the first faces are as many different people); ``dlib`` "auto"
     uses the ``eval`` extra when it is installed; ``blend`` and ``guard`` finish the model's
     fills as the video pipeline does (``stream.model_inpainter.finish_fill``: ``auto`` keeps
     a fill as drawn unless the fill guard fails it, then Poisson-blends it; ``guard`` off
@@ -114,6 +121,7 @@ class EvalOptions:
     model: str
     output: Path
     split: Split = "test"
+    people: People = "with_speech"
     holes: HoleKind = "mixture"
     seed: int = 0
     max_faces: int = 0
@@ -128,12 +136,13 @@ class EvalOptions:
 
 @dataclass(frozen=True)
 class EvalFace:
-    """One evaluated face: its crop, identity, mask and the speech segments it is given."""
+    """One evaluated face: its crop, identity, mask and the speech segments it is given
+    (``true_audio`` None: its person has no speech; the zero speaker input stands in)."""
 
     crop_index: int
     identity: str
     mask: Mask
-    true_audio: int
+    true_audio: int | None
     swapped_audio: int
     swapped_identity: str
 
@@ -152,18 +161,19 @@ class EvalReport:
 
 
 def select_faces(index: DatasetIndex, options: EvalOptions) -> list[EvalFace]:
-    """The faces of the split whose identity has speech, each with its seeded mask and its
-    true and swapped speech segments."""
-    identities = index.paired_identities(options.split)
-    if len(identities) < 2:
+    """The faces of the split (of the identities with speech, or of all: ``people``),
+    each with its seeded mask and its true and swapped speech segments."""
+    speaking = index.paired_identities(options.split)
+    if len(speaking) < 2:
         raise UsageError(
-            f"the {options.split} split has {len(identities)} identities with both faces and "
+            f"the {options.split} split has {len(speaking)} identities with both faces and "
             "speech; the evaluation needs at least 2 (true vs swapped audio)"
         )
     audio = index.audio_by_identity(options.split)
-    first_audio = {
-        name: min(audio[name], key=lambda i: index.audio[i].audio) for name in identities
-    }
+    first_audio = {name: min(audio[name], key=lambda i: index.audio[i].audio) for name in speaking}
+    identities = speaking
+    if options.people == "all":
+        identities = sorted({index.crops[i].identity for i in index.crop_indices(options.split)})
     by_identity = {
         name: [i for i in index.crop_indices(options.split) if index.crops[i].identity == name]
         for name in identities
@@ -175,14 +185,15 @@ def select_faces(index: DatasetIndex, options: EvalOptions) -> list[EvalFace]:
     faces = []
     for n, crop_index in enumerate(order):
         name = index.crops[crop_index].identity
-        other = identities[(identities.index(name) + 1) % len(identities)]
+        # The next speaking identity after this one, in sorted order, cyclically.
+        other = speaking[bisect.bisect_right(speaking, name) % len(speaking)]
         rng = np.random.default_rng([options.seed, n])
         faces.append(
             EvalFace(
                 crop_index=crop_index,
                 identity=name,
                 mask=holes(rng),
-                true_audio=first_audio[name],
+                true_audio=first_audio.get(name),
                 swapped_audio=first_audio[other],
                 swapped_identity=other,
             )
@@ -246,7 +257,12 @@ def restore_all(
         for name, inpainter in baselines.items():
             results[name].extend(r.face_256 for r in inpainter.inpaint(crops, masks))
         inputs = {
-            "ours_true": np.stack([speakers.of(f.true_audio) for f in chunk]),
+            "ours_true": np.stack(
+                [
+                    speakers.zero() if f.true_audio is None else speakers.of(f.true_audio)
+                    for f in chunk
+                ]
+            ),
             "ours_swapped": np.stack([speakers.of(f.swapped_audio) for f in chunk]),
             "ours_no_audio": np.stack([speakers.zero() for _ in chunk]),
         }
@@ -369,7 +385,7 @@ def evaluate(options: EvalOptions) -> EvalReport:
     )
     cv2.imwrite(str(grid_png), grid)
 
-    swap = _swap_summary(per_face)
+    swap = _swap_summary(per_face, [f.true_audio is not None for f in faces])
     seconds = time.perf_counter() - started
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
     identities = sorted({f.identity for f in faces})
@@ -378,6 +394,7 @@ def evaluate(options: EvalOptions) -> EvalReport:
         "model_config": model.config.to_dict(),
         "faces": len(faces),
         "identities": identities,
+        "faces_with_own_speech": sum(f.true_audio is not None for f in faces),
         "gallery_identities": len(
             {index.crops[i].identity for i in index.crop_indices(options.split)}
         ),
@@ -406,9 +423,13 @@ def evaluate(options: EvalOptions) -> EvalReport:
     )
 
 
-def _swap_summary(per_face: dict[str, dict[str, list[float]]]) -> dict[str, float | None]:
-    true = np.array(per_face["ours_true"]["identity_distance"])
-    swapped = np.array(per_face["ours_swapped"]["identity_distance"])
+def _swap_summary(
+    per_face: dict[str, dict[str, list[float]]], own_speech: Sequence[bool]
+) -> dict[str, float | None]:
+    """Own voice against another's, over the faces whose person has speech."""
+    heard = np.asarray(own_speech, bool)
+    true = np.array(per_face["ours_true"]["identity_distance"])[heard]
+    swapped = np.array(per_face["ours_swapped"]["identity_distance"])[heard]
     return {
         "identity_distance_true": float(true.mean()) if len(true) else None,
         "identity_distance_swapped": float(swapped.mean()) if len(swapped) else None,
@@ -440,6 +461,17 @@ COLUMNS = (
 )
 
 
+def _people(document: dict[str, Any]) -> str:
+    names: list[str] = document["identities"]
+    if document["settings"].get("people", "with_speech") == "with_speech":
+        return f"{len(names)} held-out identities with speech ({', '.join(names)})"
+    own = document["faces_with_own_speech"]
+    return (
+        f"{len(names)} held-out identities, all of the split's people ({own} faces with their "
+        "person's speech; the others hear the zero speaker input as their own voice)"
+    )
+
+
 def render_markdown(document: dict[str, Any]) -> str:
     """The Markdown report of a ``report.json`` document."""
     settings = document["settings"]
@@ -448,10 +480,9 @@ def render_markdown(document: dict[str, Any]) -> str:
         "# Evaluation",
         "",
         f"Model `{settings['model']}` on the `{settings['split']}` split of "
-        f"`{settings['dataset']}`: {document['faces']} faces of "
-        f"{len(document['identities'])} held-out identities with speech "
-        f"({', '.join(document['identities'])}); `{settings['holes']}` holes seeded "
-        f"{settings['seed']}; every method restores the same faces with the same masks.",
+        f"`{settings['dataset']}`: {document['faces']} faces of {_people(document)}; "
+        f"`{settings['holes']}` holes seeded {settings['seed']}; every method restores the "
+        "same faces with the same masks.",
         "",
         "| method | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
         "|---|" + "---:|" * len(COLUMNS),
@@ -470,7 +501,8 @@ def render_markdown(document: dict[str, Any]) -> str:
             f"- Identity distance with the true speaker's audio "
             f"{swap['identity_distance_true']:.4f}, with another speaker's "
             f"{swap['identity_distance_swapped']:.4f}; the true audio gives the closer face "
-            f"for {100 * closer:.0f}% of the faces."
+            f"for {100 * closer:.0f}% of the {document.get('faces_with_own_speech', '')} faces "
+            "whose person has speech."
         )
     lines += [
         "- PSNR, SSIM and L1 cover the whole 256x256 crop (known pixels are kept by every "

@@ -478,17 +478,21 @@ def fill_holes(region: npt.NDArray[np.bool_], max_share: float) -> npt.NDArray[n
     """``region`` with the islands it encloses filled: each part of the rest of the crop
     that has no 4-connected path to the crop's border and is at most ``max_share`` of the
     region's area."""
-    rest = (~region).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(rest, connectivity=4)
-    if count <= 2:
+    # A flood fill from a 1 px frame around the crop marks what reaches the border; it
+    # costs a quarter of labelling every part, and most regions enclose nothing.
+    rest = np.pad((~region).astype(np.uint8), 1, constant_values=1)
+    cv2.floodFill(rest, None, (0, 0), 2, flags=4)
+    enclosed = rest[1:-1, 1:-1] == 1
+    if not enclosed.any():
         return region
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        enclosed.astype(np.uint8), connectivity=4
+    )
     limit = max_share * float(region.sum())
-    areas = stats[:, cv2.CC_STAT_AREA]
-    inside = [k for k in range(1, count) if k not in border and areas[k] <= limit]
-    if not inside:
+    small = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] <= limit]
+    if not small:
         return region
-    return region | np.isin(labels, inside)
+    return region | np.isin(labels, small)
 
 
 def soft_rim(

@@ -122,6 +122,12 @@ def test_cli_eval(
     assert "evaluated 2 faces of 2 identities" in capsys.readouterr().out
     assert (out / "report.md").is_file() and (out / "grid.png").is_file()
     means = json.loads((out / "report.json").read_text())["means"]
+    every = ["eval", str(model), "--dataset", str(dataset), "-o", str(tmp_path / "every")]
+    every += ["--no-progress", "--dlib", "off"]
+    assert main([*every, "--people", "all", "--max-faces", "4", "--grid-rows", "2"]) == 0
+    assert "evaluated 4 faces of 4 identities" in capsys.readouterr().out
+    report = json.loads((tmp_path / "every" / "report.json").read_text())
+    assert report["settings"]["people"] == "all"
     # dlib's metrics when the eval extra is installed (cartoon faces: the template box).
     assert ("dlib_distance" in means["ours_true"]) == dlib_available()
     assert (

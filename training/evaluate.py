@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -171,13 +172,10 @@ def select_faces(index: DatasetIndex, options: EvalOptions) -> list[EvalFace]:
         )
     audio = index.audio_by_identity(options.split)
     first_audio = {name: min(audio[name], key=lambda i: index.audio[i].audio) for name in speaking}
-    identities = speaking
-    if options.people == "all":
-        identities = sorted({index.crops[i].identity for i in index.crop_indices(options.split)})
-    by_identity = {
-        name: [i for i in index.crop_indices(options.split) if index.crops[i].identity == name]
-        for name in identities
-    }
+    by_identity: dict[str, list[int]] = defaultdict(list)  # each in manifest order
+    for i in index.crop_indices(options.split):
+        by_identity[index.crops[i].identity].append(i)
+    identities = sorted(by_identity) if options.people == "all" else speaking
     order = _round_robin([by_identity[name] for name in identities])
     if options.max_faces:
         order = order[: options.max_faces]

@@ -1060,6 +1060,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             weights=args.mask_weights,
             placement_from=args.placement_from,
             refine_passes=args.refine_passes,
+            placement_weights=args.placement_weights,
             rim_px=args.rim_px,
             hole_share=args.hole_share,
             past_crop=past_crop_options(args.past_crop),
@@ -1096,6 +1097,7 @@ def settings(args: argparse.Namespace, identity: Identity) -> dict[str, Any]:
         "training_manifest": str(args.training_manifest) if args.training_manifest else None,
         "placement_from": args.placement_from,
         "refine_passes": args.refine_passes,
+        "placement_weights": str(args.placement_weights or "shipped"),
         "rim_px": args.rim_px,
         "hole_share": args.hole_share,
         "dlib": identity.dlib is not None,
@@ -1146,6 +1148,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask-weights",
         type=Path,
         help="--mask-detect's segmenter (.onnx; default the shipped one)",
+    )
+    parser.add_argument(
+        "--placement-weights",
+        type=Path,
+        help="--mask-detect's placement network (.onnx; default the shipped one)",
     )
     parser.add_argument(
         "--placement-from",

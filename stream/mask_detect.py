@@ -144,7 +144,8 @@ class MaskDetectOptions:
     docs/MODEL_CARD_occlusion.md). ``refine_passes``, ``refine_step``: after that, the
     network looks again at the crop it made and moves it ``refine_step`` of the way it says,
     this many times (``stream.align.RefinedPlacement``; not with ``"mask"``; 0 turns it
-    off). ``backend``: onnxruntime
+    off). ``placement_weights``: a placement network (.onnx, ``training.placement``) instead
+    of the shipped one. ``backend``: onnxruntime
     (default) or torch. ``weights``: a .onnx (onnxruntime) or .safetensors (torch) file
     instead of the shipped one. ``threads``: intra-op threads of the backend."""
 
@@ -167,6 +168,7 @@ class MaskDetectOptions:
     placement_from: PlacementSource = "both"
     refine_passes: int = 1
     refine_step: float = 0.5
+    placement_weights: Path | None = None
     backend: Backend = "onnxruntime"
     weights: Path | None = None
     threads: int = 1
@@ -373,7 +375,9 @@ class MaskDetector:
         if self.options.placement_from == "mask":
             return shipped_covered_placement()
         if self._network is None:
-            self._network = PlacementNetwork(threads=self.options.threads)
+            self._network = PlacementNetwork(
+                self.options.placement_weights, threads=self.options.threads
+            )
         first: Placement = self._network
         if self.options.placement_from == "both":
             first = AveragedPlacement(self._network, shipped_covered_placement())

@@ -3,6 +3,7 @@ the shipped network on real faces."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -127,6 +128,17 @@ def test_the_exported_network_matches_torch_and_places_faces(tmp_path: Path) -> 
     np.testing.assert_allclose(placed, undo_offset(affine, expected[0]), atol=1e-4)
     with pytest.raises(AvstreamError, match="placement network"):
         PlacementNetwork(tmp_path / "missing.onnx")
+    # The detector runs the network it is given, not the shipped one.
+    options = MaskDetectOptions(placement_from="crop", refine_passes=0, placement_weights=path)
+    chosen = MaskDetector(options).placement()
+    assert isinstance(chosen, PlacementNetwork)
+    np.testing.assert_allclose(chosen.offsets(crops), expected, rtol=1e-4, atol=1e-5)
+    shipped = MaskDetector(dataclasses.replace(options, placement_weights=None)).placement()
+    assert isinstance(shipped, PlacementNetwork)
+    assert not np.allclose(shipped.offsets(crops), expected, atol=1e-3)
+    missing = dataclasses.replace(options, placement_weights=tmp_path / "missing.onnx")
+    with pytest.raises(AvstreamError, match="placement network"):
+        MaskDetector(missing).placement()
 
 
 def test_training_checkpoints_and_resumes(tmp_path: Path) -> None:
